@@ -1,0 +1,1 @@
+"""Adapters: storage backends (SQLAlchemy, BigQuery) and the command line."""

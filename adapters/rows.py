@@ -1,0 +1,155 @@
+"""Explicit mapping between domain objects and flat rows, shared by every storage adapter.
+
+A row is a ``dict`` keyed by the dataclass field names (the column names of every backend).
+Enums become their string values, policies and configs become JSON-compatible dicts, timestamps
+stay ``datetime``. Each adapter then adapts the few types its driver wants differently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from domain.pipeline_schedule import CatchupPolicy, PipelineSchedule
+from domain.queue import QueueItem, QueueStatus
+from domain.retry import RetryPolicy
+from domain.run import PipelineRun, RunState
+from domain.schedule import DstFoldPolicy, DstGapPolicy
+
+RUN_COLUMNS: Final = tuple(f.name for f in fields(PipelineRun))
+QUEUE_COLUMNS: Final = tuple(f.name for f in fields(QueueItem))
+SCHEDULE_COLUMNS: Final = tuple(f.name for f in fields(PipelineSchedule))
+
+JSON_COLUMNS: Final = frozenset({"config", "retry_policy"})
+"""Columns holding a JSON document (dict or null)."""
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Aware UTC; a naive value from a driver is taken to be UTC already."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def _policy(value: Any) -> RetryPolicy | None:
+    value = _json(value)
+    return None if value is None else RetryPolicy.from_config(value)
+
+
+def _policy_dict(policy: RetryPolicy | None) -> dict[str, Any] | None:
+    return None if policy is None else policy.to_dict()
+
+
+# --------------------------------------------------------------------------- runs
+def run_to_row(run: PipelineRun) -> dict[str, Any]:
+    row = {name: getattr(run, name) for name in RUN_COLUMNS}
+    row["state"] = run.state.value
+    row["retry_policy"] = _policy_dict(run.retry_policy)
+    row["config"] = dict(run.config)
+    return row
+
+
+def run_from_row(row: Mapping[Any, Any]) -> PipelineRun:
+    return PipelineRun(
+        run_id=row["run_id"],
+        tenant_id=row["tenant_id"],
+        config_id=row["config_id"],
+        scheduled_time=utc(row["scheduled_time"]),  # type: ignore[arg-type]
+        state=RunState(row["state"]),
+        priority=int(row["priority"]),
+        version=int(row["version"]),
+        attempt=int(row["attempt"]),
+        retry_count=int(row["retry_count"]),
+        retryable=bool(row["retryable"]),
+        retry_policy=_policy(row["retry_policy"]),
+        schedule_id=row["schedule_id"],
+        worker_id=row["worker_id"],
+        claim_token=row["claim_token"],
+        lease_expires_at=utc(row["lease_expires_at"]),
+        pipeline_logging_id=row["pipeline_logging_id"],
+        started_at=utc(row["started_at"]),
+        completed_at=utc(row["completed_at"]),
+        duration_seconds=None if row["duration_seconds"] is None else float(row["duration_seconds"]),
+        error_type=row["error_type"],
+        error_message=row["error_message"],
+        next_retry_at=utc(row["next_retry_at"]),
+        cancel_reason=row["cancel_reason"],
+        created_at=utc(row["created_at"]),
+        updated_at=utc(row["updated_at"]),
+        config=_json(row["config"]) or {},
+    )
+
+
+# --------------------------------------------------------------------------- queue items
+def queue_to_row(item: QueueItem) -> dict[str, Any]:
+    row = {name: getattr(item, name) for name in QUEUE_COLUMNS}
+    row["status"] = item.status.value
+    row["config"] = dict(item.config)
+    return row
+
+
+def queue_from_row(row: Mapping[Any, Any]) -> QueueItem:
+    return QueueItem(
+        queue_id=row["queue_id"],
+        tenant_id=row["tenant_id"],
+        config=_json(row["config"]) or {},
+        priority=int(row["priority"]),
+        created_at=utc(row["created_at"]),  # type: ignore[arg-type]
+        status=QueueStatus(row["status"]),
+        run_id=row["run_id"],
+        version=int(row["version"]),
+        attempts=int(row["attempts"]),
+        worker_id=row["worker_id"],
+        claim_token=row["claim_token"],
+        claimed_at=utc(row["claimed_at"]),
+        lease_expires_at=utc(row["lease_expires_at"]),
+        completed_at=utc(row["completed_at"]),
+        error_message=row["error_message"],
+        updated_at=utc(row["updated_at"]),
+    )
+
+
+# --------------------------------------------------------------------------- schedules
+def schedule_to_row(schedule: PipelineSchedule) -> dict[str, Any]:
+    row = {name: getattr(schedule, name) for name in SCHEDULE_COLUMNS}
+    row["retry_policy"] = _policy_dict(schedule.retry_policy)
+    row["catchup"] = schedule.catchup.value
+    row["dst_gap"] = schedule.dst_gap.value
+    row["dst_fold"] = schedule.dst_fold.value
+    row["config"] = dict(schedule.config)
+    return row
+
+
+def schedule_from_row(row: Mapping[Any, Any]) -> PipelineSchedule:
+    return PipelineSchedule(
+        schedule_id=row["schedule_id"],
+        tenant_id=row["tenant_id"],
+        config_id=row["config_id"],
+        cron=row["cron"],
+        timezone=row["timezone"],
+        next_fire_time=utc(row["next_fire_time"]),  # type: ignore[arg-type]
+        priority=int(row["priority"]),
+        enabled=bool(row["enabled"]),
+        retry_policy=_policy(row["retry_policy"]),
+        catchup=CatchupPolicy(row["catchup"]),
+        max_catchup_runs=int(row["max_catchup_runs"]),
+        misfire_grace_seconds=int(row["misfire_grace_seconds"]),
+        dst_gap=DstGapPolicy(row["dst_gap"]),
+        dst_fold=DstFoldPolicy(row["dst_fold"]),
+        last_scheduled_time=utc(row["last_scheduled_time"]),
+        version=int(row["version"]),
+        created_at=utc(row["created_at"]),
+        updated_at=utc(row["updated_at"]),
+        config=_json(row["config"]) or {},
+    )

@@ -1,0 +1,7 @@
+"""SQLAlchemy Core storage: SQLite (file or memory) and PostgreSQL."""
+
+from __future__ import annotations
+
+from adapters.sqlalchemy.storage import SqlAlchemyStorage
+
+__all__ = ["SqlAlchemyStorage"]

@@ -1,0 +1,644 @@
+"""``SqlAlchemyStorage``: the Storage port on SQLAlchemy Core, for SQLite and PostgreSQL.
+
+Statements are built once (module level) with bound parameters, so SQLAlchemy's compiled cache
+serves every call. The blocking driver runs on a small thread pool the storage owns: one thread
+and one long-lived connection for SQLite (SQLite serialises writers anyway, and a persistent
+connection skips pool checkouts on the hot path), a pool-sized set of threads for PostgreSQL.
+
+SQLite: WAL, ``synchronous=NORMAL``, ``busy_timeout``; write transactions start with
+``BEGIN IMMEDIATE`` so that a transaction never has to upgrade a read lock to a write lock (the
+upgrade is what fails at once with "database is locked" in WAL mode, whatever the busy timeout).
+PostgreSQL: claims take ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import StaticPool
+
+from adapters.rows import (
+    RUN_COLUMNS,
+    SCHEDULE_COLUMNS,
+    queue_from_row,
+    queue_to_row,
+    run_from_row,
+    run_to_row,
+    schedule_from_row,
+    schedule_to_row,
+)
+from adapters.sqlalchemy.tables import SCHEMA_VERSION, metadata, queue, runs, schedules, schema_version
+from domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
+from domain.pipeline_schedule import PipelineSchedule
+from domain.ports import Capability, RunFilter, RunOrder
+from domain.queue import QueueItem, QueueStats, QueueStatus
+from domain.run import PipelineRun, RunState
+
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
+TRANSIENT_RETRIES: Final = 5
+
+_WRITE_OPTION: Final = "pipestate_write"
+
+# --------------------------------------------------------------------------- statements, built once
+_RUN_MUTABLE: Final = tuple(
+    c for c in RUN_COLUMNS if c not in ("run_id", "tenant_id", "config_id", "created_at")
+)
+_SCHEDULE_MUTABLE: Final = tuple(
+    c for c in SCHEDULE_COLUMNS if c not in ("schedule_id", "tenant_id", "config_id", "created_at")
+)
+
+_GET_RUN: Final = sa.select(runs).where(runs.c.run_id == sa.bindparam("b_id"))
+_RUN_EXISTS: Final = sa.select(runs.c.run_id).where(runs.c.run_id == sa.bindparam("b_id"))
+_UPDATE_RUN: Final = sa.update(runs).where(
+    runs.c.run_id == sa.bindparam("b_id"), runs.c.version == sa.bindparam("b_expected")
+)
+_GET_ITEM: Final = sa.select(queue).where(queue.c.queue_id == sa.bindparam("b_id"))
+_GET_SCHEDULE: Final = sa.select(schedules).where(schedules.c.schedule_id == sa.bindparam("b_id"))
+_UPDATE_SCHEDULE: Final = sa.update(schedules).where(
+    schedules.c.schedule_id == sa.bindparam("b_id"), schedules.c.version == sa.bindparam("b_expected")
+)
+
+_CLAIM_PICK: Final = (
+    sa.select(queue.c.queue_id)
+    .where(queue.c.status == QueueStatus.QUEUED.value)
+    .order_by(queue.c.priority, queue.c.created_at, queue.c.queue_id)
+    .limit(sa.bindparam("b_limit"))
+    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite compiles no FOR UPDATE (BEGIN IMMEDIATE instead)
+    .scalar_subquery()
+)
+_CLAIM: Final = (
+    sa.update(queue)
+    .where(queue.c.queue_id.in_(_CLAIM_PICK), queue.c.status == QueueStatus.QUEUED.value)
+    .values(
+        status=QueueStatus.PROCESSING.value,
+        worker_id=sa.bindparam("b_worker"),
+        claim_token=sa.bindparam("b_token"),
+        claimed_at=sa.bindparam("b_now"),
+        updated_at=sa.bindparam("b_now"),
+        lease_expires_at=sa.bindparam("b_lease"),
+        attempts=queue.c.attempts + 1,
+        version=queue.c.version + 1,
+    )
+    .returning(*queue.c)
+)
+
+_EXTEND_LEASE: Final = (
+    sa.update(queue)
+    .where(
+        queue.c.queue_id == sa.bindparam("b_id"),
+        queue.c.status == QueueStatus.PROCESSING.value,
+        queue.c.claim_token == sa.bindparam("b_token"),
+    )
+    .values(lease_expires_at=sa.bindparam("b_lease"), version=queue.c.version + 1)
+)
+
+
+def _transition_statement(to_status: QueueStatus, fenced: bool) -> sa.Update:
+    conditions = [queue.c.queue_id == sa.bindparam("b_id"), queue.c.status == sa.bindparam("b_from")]
+    if fenced:
+        conditions.append(queue.c.claim_token == sa.bindparam("b_token"))
+    values: dict[str, Any] = {
+        "status": to_status.value,
+        "version": queue.c.version + 1,
+        "updated_at": sa.bindparam("b_now"),
+    }
+    if to_status in (QueueStatus.COMPLETED, QueueStatus.FAILED):
+        values.update(completed_at=sa.bindparam("b_now"), lease_expires_at=None)
+        if to_status is QueueStatus.FAILED:
+            values["error_message"] = sa.bindparam("b_error")
+    elif to_status is QueueStatus.QUEUED:
+        values.update(worker_id=None, claim_token=None, claimed_at=None, lease_expires_at=None)
+    return sa.update(queue).where(*conditions).values(**values)
+
+
+_TRANSITIONS: Final = {
+    (status, fenced): _transition_statement(status, fenced)
+    for status in QueueStatus
+    for fenced in (False, True)
+}
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    name: str
+    insert: Callable[..., Any]
+    wait_seconds: Callable[[], sa.ColumnElement[float]]
+
+
+def _sqlite_wait() -> sa.ColumnElement[float]:
+    return (sa.func.julianday(queue.c.claimed_at) - sa.func.julianday(queue.c.created_at)) * 86400.0
+
+
+def _postgres_wait() -> sa.ColumnElement[float]:
+    return sa.cast(sa.extract("epoch", queue.c.claimed_at - queue.c.created_at), sa.Float)
+
+
+_DIALECTS: Final = {
+    "sqlite": _Dialect("sqlite", sqlite.insert, _sqlite_wait),
+    "postgresql": _Dialect("postgresql", postgresql.insert, _postgres_wait),
+}
+
+
+# --------------------------------------------------------------------------- SQLite connection set-up
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (the pysqlite recipe), so that write
+    # transactions can be BEGIN IMMEDIATE.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _prepare_sqlite_engine(engine: Engine) -> None:
+    if getattr(engine, "_pipestate_prepared", False):
+        return
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    engine._pipestate_prepared = True  # type: ignore[attr-defined]
+
+
+def _is_transient(error: exc.DBAPIError) -> bool:
+    if error.connection_invalidated or isinstance(error, exc.OperationalError | exc.InterfaceError):
+        return True
+    code = getattr(error.orig, "sqlstate", None)
+    return code in {"40001", "40P01", "55P03", "57P01", "08000", "08003", "08006"}
+
+
+# --------------------------------------------------------------------------- the storage
+class SqlAlchemyStorage:
+    """The Storage port on a SQLAlchemy ``Engine`` (SQLite file or memory, PostgreSQL).
+
+    Args:
+        engine: a ready engine. SQLite engines get the WAL/busy-timeout/BEGIN IMMEDIATE set-up.
+        threads: driver threads (default 1 for SQLite, the pool size for PostgreSQL).
+    """
+
+    def __init__(self, engine: Engine, *, threads: int | None = None) -> None:
+        name = engine.dialect.name
+        if name not in _DIALECTS:
+            raise StorageError(f"unsupported SQLAlchemy dialect {name!r} (use sqlite or postgresql)")
+        self._engine = engine
+        self._dialect = _DIALECTS[name]
+        self._sqlite = name == "sqlite"
+        if self._sqlite:
+            _prepare_sqlite_engine(engine)
+            threads = 1
+        elif threads is None:
+            threads = max(getattr(engine.pool, "size", lambda: 5)(), 1)
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pipestate-db")
+        self._local = threading.local()
+        self._connections: list[Connection] = []
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **engine_kwargs: Any) -> SqlAlchemyStorage:
+        """Build the engine for ``url`` (``sqlite:///file.db``, ``sqlite://`` for memory,
+        ``postgresql+psycopg://…``) and wrap it."""
+        kwargs = dict(engine_kwargs)
+        parsed = sa.engine.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            kwargs.setdefault("connect_args", {"check_same_thread": False})
+            if parsed.database in (None, "", ":memory:"):
+                kwargs.setdefault("poolclass", StaticPool)
+        elif parsed.get_backend_name() == "postgresql":
+            kwargs.setdefault("pool_pre_ping", True)
+            kwargs.setdefault("pool_size", 5)
+        try:
+            engine = sa.create_engine(url, **kwargs)
+        except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as error:
+            raise StorageError(
+                f"cannot create an engine for {parsed.render_as_string(hide_password=True)}: {error}"
+            ) from error
+        return cls(engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        if self._sqlite:
+            memory = self._engine.url.database in (None, "", ":memory:")
+            return frozenset() if memory else frozenset({Capability.MULTI_PROCESS, Capability.CHEAP_WRITES})
+        return frozenset(
+            {Capability.MULTI_PROCESS, Capability.MULTI_HOST, Capability.SKIP_LOCKED, Capability.CHEAP_WRITES}
+        )
+
+    # ------------------------------------------------------------------ plumbing
+    def _connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._engine.connect()
+            self._local.conn = conn
+            self._connections.append(conn)
+        return conn
+
+    def _transaction(self, write: bool, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` in one transaction on this thread's connection, retrying transient errors."""
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            conn = self._connection()
+            try:
+                conn.execution_options(**{_WRITE_OPTION: write})
+                with conn.begin():
+                    return fn(conn)
+            except exc.DBAPIError as error:
+                if conn.invalidated:
+                    self._local.conn = None
+                if not _is_transient(error):
+                    raise StorageError(
+                        f"{self._dialect.name}: {error.orig!r}", operation=fn.__name__
+                    ) from error
+                if attempt == TRANSIENT_RETRIES:
+                    raise StorageUnavailable(
+                        f"{self._dialect.name}: {error.orig!r}", operation=fn.__name__
+                    ) from error
+                time.sleep(min(0.01 * 2**attempt, 0.5))
+            except exc.SQLAlchemyError as error:
+                raise StorageError(f"{self._dialect.name}: {error}", operation=fn.__name__) from error
+        raise AssertionError("unreachable")
+
+    async def _run(self, write: bool, fn: Callable[[Connection], T]) -> T:
+        if self._closed:
+            raise StorageError("storage is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._transaction, write, fn)
+
+    async def create_schema(self) -> None:
+        def create(conn: Connection) -> None:
+            metadata.create_all(conn, checkfirst=True)
+            stmt = self._dialect.insert(schema_version).on_conflict_do_nothing()
+            conn.execute(stmt, {"version": SCHEMA_VERSION, "applied_at": _utcnow()})
+
+        await self._run(True, create)
+
+    async def schema_versions(self) -> list[int]:
+        """Schema versions applied to this database, oldest first."""
+
+        def read(conn: Connection) -> list[int]:
+            return [
+                int(v)
+                for v in conn.execute(
+                    sa.select(schema_version.c.version).order_by(schema_version.c.version)
+                ).scalars()
+            ]
+
+        return await self._run(False, read)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        def close_all() -> None:
+            for conn in self._connections:
+                conn.close()
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, close_all)
+        self._executor.shutdown(wait=True)
+        self._engine.dispose()
+
+    # ------------------------------------------------------------------ runs
+    def _insert_if_absent(
+        self, table: sa.Table, key: str, rows: list[dict[str, Any]]
+    ) -> Callable[[Connection], int]:
+        unique = list({row[key]: row for row in rows}.values())
+        stmt = (
+            self._dialect.insert(table).on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
+        )
+
+        def insert(conn: Connection) -> int:
+            if not unique:
+                return 0
+            return len(conn.execute(stmt, unique).all())
+
+        insert.__name__ = f"insert_{table.name}"
+        return insert
+
+    async def insert_runs(self, runs_: Sequence[PipelineRun]) -> int:
+        return await self._run(True, self._insert_if_absent(runs, "run_id", [run_to_row(r) for r in runs_]))
+
+    async def get_run(self, run_id: str) -> PipelineRun | None:
+        def get(conn: Connection) -> PipelineRun | None:
+            row = conn.execute(_GET_RUN, {"b_id": run_id}).mappings().first()
+            return None if row is None else run_from_row(row)
+
+        return await self._run(False, get)
+
+    async def get_runs(self, run_ids: Collection[str]) -> list[PipelineRun]:
+        ids = sorted(set(run_ids))
+        stmt = (
+            sa.select(runs)
+            .where(runs.c.run_id.in_(sa.bindparam("b_ids", expanding=True)))
+            .order_by(runs.c.run_id)
+        )
+
+        def get(conn: Connection) -> list[PipelineRun]:
+            if not ids:
+                return []
+            return [run_from_row(r) for r in conn.execute(stmt, {"b_ids": ids}).mappings()]
+
+        return await self._run(False, get)
+
+    async def update_run(self, run: PipelineRun, expected_version: int) -> bool:
+        params = _cas_params(run_to_row(run), _RUN_MUTABLE, run.run_id, expected_version)
+
+        def update(conn: Connection) -> bool:
+            if conn.execute(_UPDATE_RUN, params).rowcount == 1:
+                return True
+            if conn.execute(_RUN_EXISTS, {"b_id": run.run_id}).first() is None:
+                raise RunNotFound(run.run_id)
+            return False
+
+        return await self._run(True, update)
+
+    async def update_runs(self, pairs: Sequence[tuple[PipelineRun, int]]) -> int:
+        batch = [_cas_params(run_to_row(r), _RUN_MUTABLE, r.run_id, v) for r, v in pairs]
+
+        def update(conn: Connection) -> int:
+            return sum(conn.execute(_UPDATE_RUN, params).rowcount for params in batch)
+
+        return await self._run(True, update) if batch else 0
+
+    async def find_runs(
+        self, criteria: RunFilter, *, order: RunOrder = RunOrder.SCHEDULED_ASC, limit: int | None = None
+    ) -> list[PipelineRun]:
+        stmt = sa.select(runs).where(*_run_conditions(criteria))
+        if order is RunOrder.SCHEDULED_ASC:
+            stmt = stmt.order_by(runs.c.scheduled_time, runs.c.run_id)
+        elif order is RunOrder.COMPLETED_DESC:
+            stmt = stmt.order_by(runs.c.completed_at.desc(), runs.c.run_id)
+        else:
+            stmt = stmt.order_by(runs.c.updated_at.desc(), runs.c.run_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+
+        def find(conn: Connection) -> list[PipelineRun]:
+            return [run_from_row(r) for r in conn.execute(stmt).mappings()]
+
+        return await self._run(False, find)
+
+    async def count_runs_by_state(self, tenant_id: str | None = None) -> dict[RunState, int]:
+        stmt = sa.select(runs.c.state, sa.func.count()).group_by(runs.c.state)
+        if tenant_id is not None:
+            stmt = stmt.where(runs.c.tenant_id == tenant_id)
+
+        def count(conn: Connection) -> dict[RunState, int]:
+            return {RunState(state): int(n) for state, n in conn.execute(stmt).all()}
+
+        return await self._run(False, count)
+
+    # ------------------------------------------------------------------ queue
+    async def insert_queue_items(self, items: Sequence[QueueItem]) -> int:
+        return await self._run(
+            True, self._insert_if_absent(queue, "queue_id", [queue_to_row(i) for i in items])
+        )
+
+    async def get_queue_item(self, queue_id: str) -> QueueItem | None:
+        def get(conn: Connection) -> QueueItem | None:
+            row = conn.execute(_GET_ITEM, {"b_id": queue_id}).mappings().first()
+            return None if row is None else queue_from_row(row)
+
+        return await self._run(False, get)
+
+    async def claim_queue_items(
+        self, *, worker_id: str, claim_token: str, now: datetime, lease_expires_at: datetime, limit: int
+    ) -> list[QueueItem]:
+        params = {
+            "b_worker": worker_id,
+            "b_token": claim_token,
+            "b_now": now,
+            "b_lease": lease_expires_at,
+            "b_limit": limit,
+        }
+
+        def claim(conn: Connection) -> list[QueueItem]:
+            items = [queue_from_row(r) for r in conn.execute(_CLAIM, params).mappings()]
+            items.sort(key=lambda i: (i.priority, i.created_at, i.queue_id))
+            return items
+
+        return await self._run(True, claim)
+
+    async def transition_queue_item(
+        self,
+        queue_id: str,
+        *,
+        from_status: QueueStatus,
+        to_status: QueueStatus,
+        now: datetime,
+        claim_token: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
+        stmt = _TRANSITIONS[(to_status, claim_token is not None)]
+        params: dict[str, Any] = {"b_id": queue_id, "b_from": from_status.value, "b_now": now}
+        if claim_token is not None:
+            params["b_token"] = claim_token
+        if to_status is QueueStatus.FAILED:
+            params["b_error"] = error_message
+
+        def transition(conn: Connection) -> bool:
+            return bool(conn.execute(stmt, params).rowcount == 1)
+
+        return await self._run(True, transition)
+
+    async def extend_queue_lease(
+        self, queue_id: str, *, claim_token: str, lease_expires_at: datetime
+    ) -> bool:
+        params = {"b_id": queue_id, "b_token": claim_token, "b_lease": lease_expires_at}
+
+        def extend(conn: Connection) -> bool:
+            return bool(conn.execute(_EXTEND_LEASE, params).rowcount == 1)
+
+        return await self._run(True, extend)
+
+    async def find_queue_items(
+        self,
+        *,
+        status: QueueStatus | None = None,
+        lease_expired_before: datetime | None = None,
+        run_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[QueueItem]:
+        stmt = sa.select(queue).order_by(queue.c.priority, queue.c.created_at, queue.c.queue_id)
+        if status is not None:
+            stmt = stmt.where(queue.c.status == status.value)
+        if lease_expired_before is not None:
+            stmt = stmt.where(queue.c.lease_expires_at <= lease_expired_before)
+        if run_id is not None:
+            stmt = stmt.where(queue.c.run_id == run_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+
+        def find(conn: Connection) -> list[QueueItem]:
+            return [queue_from_row(r) for r in conn.execute(stmt).mappings()]
+
+        return await self._run(False, find)
+
+    async def count_queue_items(self, status: QueueStatus | None = None, tenant_id: str | None = None) -> int:
+        stmt = sa.select(sa.func.count()).select_from(queue)
+        if status is not None:
+            stmt = stmt.where(queue.c.status == status.value)
+        if tenant_id is not None:
+            stmt = stmt.where(queue.c.tenant_id == tenant_id)
+
+        def count(conn: Connection) -> int:
+            return int(conn.execute(stmt).scalar_one())
+
+        return await self._run(False, count)
+
+    async def queue_stats(self, now: datetime) -> QueueStats:
+        wait = self._dialect.wait_seconds().label("wait")
+        queued = queue.c.status == QueueStatus.QUEUED.value
+        claimed = queue.c.claimed_at.is_not(None)
+        by_status = sa.select(queue.c.status, sa.func.count()).group_by(queue.c.status)
+        by_priority = sa.select(queue.c.priority, sa.func.count()).where(queued).group_by(queue.c.priority)
+        oldest = sa.select(sa.func.min(queue.c.created_at)).where(queued)
+        waits = sa.select(sa.func.avg(wait), sa.func.count()).where(claimed)
+
+        def stats(conn: Connection) -> QueueStats:
+            statuses = {QueueStatus(s): int(n) for s, n in conn.execute(by_status).all()}
+            priorities = {int(p): int(n) for p, n in conn.execute(by_priority).all()}
+            oldest_row = conn.execute(oldest).first()
+            oldest_at = _as_utc(oldest_row[0]) if oldest_row and oldest_row[0] is not None else None
+            avg, n = conn.execute(waits).one()
+            p95: float | None = None
+            if n:
+                offset = max(math.ceil(0.95 * int(n)) - 1, 0)  # nearest-rank percentile
+                p95_stmt = sa.select(wait).where(claimed).order_by(wait).limit(1).offset(offset)
+                p95 = float(conn.execute(p95_stmt).scalar_one())
+            return QueueStats(
+                by_status=statuses,
+                waiting_by_priority=priorities,
+                avg_wait_seconds=None if avg is None else float(avg),
+                p95_wait_seconds=p95,
+                oldest_waiting_age_seconds=None
+                if oldest_at is None
+                else max((now - oldest_at).total_seconds(), 0.0),
+                total=sum(statuses.values()),
+            )
+
+        return await self._run(False, stats)
+
+    # ------------------------------------------------------------------ schedules
+    async def insert_schedule(self, schedule: PipelineSchedule) -> bool:
+        insert = self._insert_if_absent(schedules, "schedule_id", [schedule_to_row(schedule)])
+        return await self._run(True, insert) == 1
+
+    async def get_schedule(self, schedule_id: str) -> PipelineSchedule | None:
+        def get(conn: Connection) -> PipelineSchedule | None:
+            row = conn.execute(_GET_SCHEDULE, {"b_id": schedule_id}).mappings().first()
+            return None if row is None else schedule_from_row(row)
+
+        return await self._run(False, get)
+
+    async def list_schedules(
+        self, *, tenant_id: str | None = None, enabled: bool | None = None
+    ) -> list[PipelineSchedule]:
+        stmt = sa.select(schedules).order_by(schedules.c.tenant_id, schedules.c.config_id)
+        if tenant_id is not None:
+            stmt = stmt.where(schedules.c.tenant_id == tenant_id)
+        if enabled is not None:
+            stmt = stmt.where(schedules.c.enabled == enabled)
+
+        def find(conn: Connection) -> list[PipelineSchedule]:
+            return [schedule_from_row(r) for r in conn.execute(stmt).mappings()]
+
+        return await self._run(False, find)
+
+    async def update_schedule(self, schedule: PipelineSchedule, expected_version: int) -> bool:
+        params = _cas_params(
+            schedule_to_row(schedule), _SCHEDULE_MUTABLE, schedule.schedule_id, expected_version
+        )
+
+        def update(conn: Connection) -> bool:
+            if conn.execute(_UPDATE_SCHEDULE, params).rowcount == 1:
+                return True
+            if conn.execute(_GET_SCHEDULE, {"b_id": schedule.schedule_id}).first() is None:
+                raise ScheduleNotFound(schedule.schedule_id)
+            return False
+
+        return await self._run(True, update)
+
+    async def update_schedules(self, pairs: Sequence[tuple[PipelineSchedule, int]]) -> int:
+        batch = [_cas_params(schedule_to_row(s), _SCHEDULE_MUTABLE, s.schedule_id, v) for s, v in pairs]
+
+        def update(conn: Connection) -> int:
+            return sum(conn.execute(_UPDATE_SCHEDULE, params).rowcount for params in batch)
+
+        return await self._run(True, update) if batch else 0
+
+    async def due_schedules(self, now: datetime, limit: int) -> list[PipelineSchedule]:
+        stmt = (
+            sa.select(schedules)
+            .where(schedules.c.enabled == sa.true(), schedules.c.next_fire_time <= now)
+            .order_by(schedules.c.next_fire_time, schedules.c.schedule_id)
+            .limit(limit)
+        )
+
+        def find(conn: Connection) -> list[PipelineSchedule]:
+            return [schedule_from_row(r) for r in conn.execute(stmt).mappings()]
+
+        return await self._run(False, find)
+
+
+# --------------------------------------------------------------------------- helpers
+def _cas_params(row: dict[str, Any], mutable: tuple[str, ...], key: str, expected: int) -> dict[str, Any]:
+    params = {name: row[name] for name in mutable}
+    params["b_id"] = key
+    params["b_expected"] = expected
+    return params
+
+
+def _run_conditions(criteria: RunFilter) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = []
+    if criteria.states is not None:
+        conditions.append(runs.c.state.in_([RunState(s).value for s in criteria.states]))
+    if criteria.tenant_id is not None:
+        conditions.append(runs.c.tenant_id == criteria.tenant_id)
+    if criteria.config_id is not None:
+        conditions.append(runs.c.config_id == criteria.config_id)
+    if criteria.scheduled_before is not None:
+        conditions.append(runs.c.scheduled_time <= criteria.scheduled_before)
+    if criteria.lease_expired_before is not None:
+        conditions.append(runs.c.lease_expires_at <= criteria.lease_expired_before)
+    return conditions
+
+
+def _as_utc(value: Any) -> datetime:
+    # Aggregates (MIN) bypass the column's TypeDecorator on SQLite and come back as text.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    from adapters.rows import utc
+
+    result = utc(value)
+    assert result is not None
+    return result
+
+
+def _utcnow() -> datetime:
+    from application.clock import SYSTEM_CLOCK
+
+    return SYSTEM_CLOCK.now()

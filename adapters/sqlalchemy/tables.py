@@ -1,0 +1,144 @@
+"""SQLAlchemy Core tables (declared once), shared by SQLite and PostgreSQL.
+
+Column names are the domain dataclass field names; ``tests/unit/test_schema_agreement.py`` holds
+these tables, ``schemas/*.json`` and the dataclasses to the same fields.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+SCHEMA_VERSION: Final = 1
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out, on every dialect.
+
+    SQLite has no time zone type: values are stored as naive UTC text (which sorts correctly);
+    PostgreSQL uses ``timestamptz``.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached the storage layer")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata: Final = sa.MetaData()
+
+
+def _ts(name: str, nullable: bool = True) -> sa.Column[Any]:
+    return sa.Column(name, UtcDateTime(), nullable=nullable)
+
+
+runs: Final = sa.Table(
+    "x_meta_scheduled_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(255), nullable=False),
+    sa.Column("config_id", sa.String(255), nullable=False),
+    _ts("scheduled_time", nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("priority", sa.SmallInteger, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("retry_count", sa.Integer, nullable=False),
+    sa.Column("retryable", sa.Boolean, nullable=False),
+    sa.Column("retry_policy", Json, nullable=True),
+    sa.Column("schedule_id", sa.String(64), nullable=True),
+    sa.Column("worker_id", sa.String(255), nullable=True),
+    sa.Column("claim_token", sa.String(64), nullable=True),
+    _ts("lease_expires_at"),
+    sa.Column("pipeline_logging_id", sa.String(255), nullable=True),
+    _ts("started_at"),
+    _ts("completed_at"),
+    sa.Column("duration_seconds", sa.Float, nullable=True),
+    sa.Column("error_type", sa.String(255), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    _ts("next_retry_at"),
+    sa.Column("cancel_reason", sa.Text, nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.Column("config", Json, nullable=False),
+    sa.Index("ix_runs_state_scheduled", "state", "scheduled_time"),
+    sa.Index("ix_runs_tenant_state", "tenant_id", "state", "scheduled_time"),
+    sa.Index("ix_runs_state_lease", "state", "lease_expires_at"),
+    sa.Index("ix_runs_state_completed", "state", "completed_at"),
+)
+
+queue: Final = sa.Table(
+    "x_meta_pipeline_queue",
+    metadata,
+    sa.Column("queue_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(255), nullable=False),
+    sa.Column("config", Json, nullable=False),
+    sa.Column("priority", sa.SmallInteger, nullable=False),
+    _ts("created_at", nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("worker_id", sa.String(255), nullable=True),
+    sa.Column("claim_token", sa.String(64), nullable=True),
+    _ts("claimed_at"),
+    _ts("lease_expires_at"),
+    _ts("completed_at"),
+    sa.Column("error_message", sa.Text, nullable=True),
+    _ts("updated_at"),
+    # The claim query: WHERE status = 'QUEUED' ORDER BY priority, created_at, queue_id LIMIT n.
+    sa.Index("ix_queue_claim", "status", "priority", "created_at", "queue_id"),
+    sa.Index("ix_queue_status_lease", "status", "lease_expires_at"),
+    sa.Index("ix_queue_tenant_status", "tenant_id", "status"),
+    sa.Index("ix_queue_run", "run_id"),
+)
+
+schedules: Final = sa.Table(
+    "x_meta_pipeline_schedules",
+    metadata,
+    sa.Column("schedule_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(255), nullable=False),
+    sa.Column("config_id", sa.String(255), nullable=False),
+    sa.Column("cron", sa.String(255), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    _ts("next_fire_time", nullable=False),
+    sa.Column("priority", sa.SmallInteger, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("retry_policy", Json, nullable=True),
+    sa.Column("catchup", sa.String(16), nullable=False),
+    sa.Column("max_catchup_runs", sa.Integer, nullable=False),
+    sa.Column("misfire_grace_seconds", sa.Integer, nullable=False),
+    sa.Column("dst_gap", sa.String(16), nullable=False),
+    sa.Column("dst_fold", sa.String(16), nullable=False),
+    _ts("last_scheduled_time"),
+    sa.Column("version", sa.Integer, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.Column("config", Json, nullable=False),
+    sa.Index("ix_schedules_due", "enabled", "next_fire_time"),
+    sa.Index("ix_schedules_tenant", "tenant_id", "config_id"),
+)
+
+schema_version: Final = sa.Table(
+    "pipestate_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    _ts("applied_at", nullable=False),
+)

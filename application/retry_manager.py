@@ -1,0 +1,91 @@
+"""RetryManager: backoff times, retry eligibility, and moving failed runs back into the schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from application.clock import SYSTEM_CLOCK
+from domain.clock import Clock, ensure_aware
+from domain.errors import RunNotFound
+from domain.ports import Storage
+from domain.retry import RetryPolicy
+from domain.run import PipelineRun, RunState, require_id
+
+RetryConfig = RetryPolicy | Mapping[str, Any] | None
+
+
+class RetryManager:
+    """Retry decisions for failed runs.
+
+    Args:
+        storage: any :class:`~domain.ports.Storage`.
+        clock: where "now" comes from.
+        policy: the default policy for runs that carry none.
+    """
+
+    def __init__(self, storage: Storage, *, clock: Clock | None = None, policy: RetryConfig = None):
+        self._storage = storage
+        self._clock = clock or SYSTEM_CLOCK
+        self._policy = RetryPolicy.from_config(policy)
+
+    def calculate_retry_time(
+        self, attempt: int, *, policy: RetryConfig = None, base_time: datetime | None = None
+    ) -> datetime:
+        """``base_time`` (default now) plus the backoff for retry ``attempt``: 1, 2, 4, 8 … 60 min.
+
+        Raises:
+            InvalidArgument: attempt < 1 or an invalid policy.
+            NaiveDatetime: base_time without a time zone.
+        """
+        effective = RetryPolicy.from_config(policy) if policy is not None else self._policy
+        base = ensure_aware(base_time, "base_time") if base_time is not None else self._clock.now()
+        return effective.retry_at(attempt, base)
+
+    async def should_retry(self, run_id: str, retry_config: RetryConfig = None) -> bool:
+        """True when the run is FAILED, marked retryable, has retries left and its error type is retried.
+
+        ``retry_config`` overrides the run's own policy (a ``RetryPolicy`` or its dict form).
+
+        Raises:
+            RunNotFound: no such run.
+            InvalidArgument: an invalid retry_config.
+        """
+        run = await self._load(run_id)
+        policy = self._policy_for(run, retry_config)
+        return (
+            run.state is RunState.FAILED and run.retryable and policy.allows(run.retry_count, run.error_type)
+        )
+
+    async def schedule_retry(
+        self, run_id: str, retry_time: datetime, retry_config: RetryConfig = None
+    ) -> bool:
+        """FAILED -> SCHEDULED at ``retry_time`` (PENDING if ``retry_time <= now``); retry_count + 1.
+
+        Returns ``False`` if the run is no longer FAILED (or changed concurrently).
+
+        Raises:
+            RunNotFound: no such run.
+            NaiveDatetime: retry_time without a time zone.
+            TransitionRejected: the policy does not allow another retry.
+        """
+        at = ensure_aware(retry_time, "retry_time")
+        run = await self._load(run_id)
+        if run.state is not RunState.FAILED:
+            return False
+        expected = run.version
+        run.retry(self._clock.now(), retry_at=at, policy=self._policy_for(run, retry_config))
+        return await self._storage.update_run(run, expected)
+
+    def _policy_for(self, run: PipelineRun, retry_config: RetryConfig) -> RetryPolicy:
+        if retry_config is not None:
+            return RetryPolicy.from_config(retry_config)
+        return run.retry_policy or self._policy
+
+    async def _load(self, run_id: str) -> PipelineRun:
+        require_id("run_id", run_id)
+        run = await self._storage.get_run(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from domain.clock import FrozenClock
+from domain.run import PipelineRun
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def run_factory(clock: FrozenClock) -> Callable[..., PipelineRun]:
+    counter = iter(range(1_000_000))
+
+    def make(**overrides: Any) -> PipelineRun:
+        fields: dict[str, Any] = {
+            "tenant_id": "tenant-a",
+            "config_id": f"config-{next(counter)}",
+            "scheduled_time": clock.now(),
+            "now": clock.now(),
+        }
+        state = overrides.pop("state", None)
+        fields.update(overrides)
+        run = PipelineRun.new(**fields)
+        if state is not None:
+            run.state = state
+        return run
+
+    return make
