@@ -1,0 +1,170 @@
+"""Queue lifecycle throughput on a SQLite file: pipestate's public async API against raw sqlite3.
+
+One lifecycle = enqueue -> dequeue (atomic claim) -> mark_completed: three write transactions.
+The baseline is a plain ``sqlite3`` loop doing the same three transactions on the same kind of
+file (WAL, synchronous=NORMAL, BEGIN IMMEDIATE claims with UPDATE … RETURNING), measured in the
+same run, so the printed ratio does not depend on the machine. Target: ours >= 0.5x raw.
+
+    python bench/lifecycle.py [--items 3000] [--processes 1 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import secrets
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapters.sqlalchemy import SqlAlchemyStorage
+from application import QueueManager
+
+RAW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS q (
+    queue_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, config TEXT NOT NULL, priority INTEGER NOT NULL,
+    created_at TEXT NOT NULL, status TEXT NOT NULL, worker_id TEXT, claim_token TEXT, claimed_at TEXT,
+    lease_expires_at TEXT, completed_at TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS ix_q_claim ON q (status, priority, created_at, queue_id);
+"""
+
+
+# --------------------------------------------------------------------------- raw sqlite3 baseline
+def _raw_connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def raw_worker(path: str, items: int, worker: str) -> float:
+    conn = _raw_connect(path)
+    started = time.perf_counter()
+    for i in range(items):
+        now = datetime.now(UTC)
+        queue_id = f"{worker}-{i}-{secrets.token_hex(4)}"
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO q (queue_id, tenant_id, config, priority, created_at, status)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (queue_id, "tenant", json.dumps({"i": i}), 5, now.isoformat(), "QUEUED"),
+        )
+        conn.execute("COMMIT")
+        token = secrets.token_hex(16)
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(
+            "UPDATE q SET status = 'PROCESSING', worker_id = ?, claim_token = ?, claimed_at = ?,"
+            " lease_expires_at = ?, attempts = attempts + 1, version = version + 1"
+            " WHERE queue_id IN (SELECT queue_id FROM q WHERE status = 'QUEUED'"
+            " ORDER BY priority, created_at, queue_id LIMIT 1) RETURNING *",
+            (worker, token, now.isoformat(), (now + timedelta(minutes=5)).isoformat()),
+        ).fetchone()
+        conn.execute("COMMIT")
+        if row is None:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "UPDATE q SET status = 'COMPLETED', completed_at = ?, version = version + 1"
+            " WHERE queue_id = ? AND status = 'PROCESSING'",
+            (now.isoformat(), row[0]),
+        )
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
+def raw_setup(path: str) -> None:
+    conn = _raw_connect(path)
+    conn.executescript(RAW_SCHEMA)
+    conn.close()
+
+
+# --------------------------------------------------------------------------- pipestate
+def ours_worker(path: str, items: int, worker: str) -> float:
+    async def main() -> float:
+        storage = SqlAlchemyStorage.from_url(f"sqlite:///{path}")
+        queue = QueueManager(storage)
+        await queue.get_queue_length()  # open the connection before timing
+        started = time.perf_counter()
+        for i in range(items):
+            await queue.enqueue("tenant", {"i": i}, 5)
+            item = await queue.dequeue(worker)
+            if item is not None:
+                await queue.mark_completed(item.queue_id, claim_token=item.claim_token)
+        elapsed = time.perf_counter() - started
+        await storage.close()
+        return elapsed
+
+    return asyncio.run(main())
+
+
+def ours_setup(path: str) -> None:
+    async def main() -> None:
+        storage = SqlAlchemyStorage.from_url(f"sqlite:///{path}")
+        await storage.create_schema()
+        await storage.close()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- driver
+def measure(kind: str, processes: int, items: int, workdir: Path) -> float:
+    """Lifecycles per second over all processes."""
+    path = str(workdir / f"{kind}-{processes}-{secrets.token_hex(3)}.db")
+    setup, worker = (raw_setup, raw_worker) if kind == "raw" else (ours_setup, ours_worker)
+    setup(path)
+    per_process = items // processes
+    started = time.perf_counter()
+    if processes == 1:
+        worker(path, per_process, "w0")
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes) as pool:
+            pool.starmap(worker, [(path, per_process, f"w{n}") for n in range(processes)])
+    wall = time.perf_counter() - started
+    return per_process * processes / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, default=3000, help="lifecycles per measurement (all processes)")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per cell; the median is shown")
+    args = parser.parse_args()
+
+    print(
+        f"queue lifecycle (enqueue -> dequeue -> mark_completed), {args.items} per run,"
+        f" median of {args.repeat}"
+    )
+    print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, cpus {os.cpu_count()}")
+    print(f"{'processes':>9} | {'raw sqlite3 /s':>14} | {'pipestate /s':>12} | {'ratio':>6} | target >= 0.50")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for processes in args.processes:
+            raw, ours = [], []
+            for _ in range(args.repeat):  # interleave so drift hits both sides alike
+                raw.append(measure("raw", processes, args.items, workdir))
+                ours.append(measure("ours", processes, args.items, workdir))
+            raw_rate, our_rate = statistics.median(raw), statistics.median(ours)
+            ratio = our_rate / raw_rate
+            verdict = "ok" if ratio >= 0.5 else "BELOW TARGET"
+            print(f"{processes:>9} | {raw_rate:>14,.0f} | {our_rate:>12,.0f} | {ratio:>5.2f}x | {verdict}")
+
+
+if __name__ == "__main__":
+    main()
