@@ -21,7 +21,9 @@ emulator's ``INSTALL spatial`` is a no-op.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -268,6 +270,78 @@ class BigQueryEmulator:
         self.stop()
 
 
+_shared_lock = threading.Lock()
+_shared: BigQueryEmulator | None = None
+_shared_client: bigquery.Client | None = None
+_shared_failure: str | None = None
+
+
+def missing_packages() -> list[str]:
+    """The packages the emulator and the BigQuery adapter need that are not installed."""
+    wanted = ("bqemulator", "duckdb", "duckdb_extension_spatial", "google.cloud.bigquery")
+    missing = []
+    for name in wanted:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def shared_emulator() -> BigQueryEmulator:
+    """The one emulator of this process (a pytest session), started on first use.
+
+    Installs the spatial extension if needed, starts the emulator on a free loopback port, and
+    stops it when the interpreter exits. A failure to start is remembered, so later callers fail
+    at once with the same reason instead of waiting for another start-up timeout.
+
+    Raises:
+        RuntimeError: the packages are missing or the emulator did not start.
+    """
+    global _shared, _shared_failure
+    with _shared_lock:
+        if _shared is not None and _shared.running:
+            return _shared
+        if _shared_failure is not None:
+            raise RuntimeError(_shared_failure)
+        missing = missing_packages()
+        if missing:
+            _shared_failure = f"not installed: {', '.join(missing)} (pip install -e '.[dev,bigquery]')"
+            raise RuntimeError(_shared_failure)
+        emulator = BigQueryEmulator()
+        try:
+            emulator.start()
+        except Exception as exc:
+            _shared_failure = f"bqemulator did not start: {exc}"
+            raise RuntimeError(_shared_failure) from exc
+        atexit.register(_stop_shared)
+        _shared = emulator
+        return emulator
+
+
+def shared_client() -> bigquery.Client:
+    """One client on the shared emulator (the client is thread-safe)."""
+    global _shared_client
+    emulator = shared_emulator()
+    with _shared_lock:
+        if _shared_client is None:
+            _shared_client = emulator.client()
+        return _shared_client
+
+
+def _stop_shared() -> None:
+    global _shared, _shared_client
+    with _shared_lock:
+        if _shared_client is not None:
+            _shared_client.close()
+            _shared_client = None
+        if _shared is not None:
+            _shared.stop()
+            _shared = None
+
+
 def start_emulator(
     project: str = DEFAULT_PROJECT,
     *,
@@ -282,5 +356,8 @@ __all__ = [
     "DEFAULT_PROJECT",
     "BigQueryEmulator",
     "ensure_spatial_extension",
+    "missing_packages",
+    "shared_client",
+    "shared_emulator",
     "start_emulator",
 ]

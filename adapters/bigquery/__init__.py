@@ -1,0 +1,8 @@
+"""The Storage port on BigQuery (``pip install pipestate[bigquery]``); see ``docs/bigquery.md``."""
+
+from __future__ import annotations
+
+from adapters.bigquery.retry import RetrySettings, is_transient
+from adapters.bigquery.storage import BigQueryStorage
+
+__all__ = ["BigQueryStorage", "RetrySettings", "is_transient"]

@@ -1,0 +1,984 @@
+"""``BigQueryStorage``: the Storage port on BigQuery, one DML or query job per operation.
+
+BigQuery is a warehouse, not an OLTP store (DESIGN.md, "BigQuery rules"): no row locks, no
+``RETURNING``, a handful of concurrent mutating statements per table, and every job is billed.
+So:
+
+* rows are created with ``MERGE … WHEN NOT MATCHED THEN INSERT`` over ``UNNEST(@rows)`` (never
+  the streaming API, whose rows cannot be updated for up to 90 minutes);
+* every transition is one conditional ``UPDATE … WHERE id = @id AND version = @v`` checked by its
+  affected-row count (``num_dml_affected_rows``);
+* a claim is two jobs whatever the batch size: one ``UPDATE`` stamps up to N items with the claim
+  token, one ``SELECT`` reads them back by that token;
+* every job is parameterized, labelled (``app=pipestate``, ``operation=<method>``), capped with
+  ``maximum_bytes_billed``, and run with ``retry=None, job_retry=None`` so that the tenacity layer
+  in :mod:`adapters.bigquery.retry` is the only one that retries.
+
+A retried statement may already have been applied by the attempt whose response was lost, so on
+the paths where that matters the adapter resolves the ambiguity (DESIGN rule 2): a retried
+conditional ``UPDATE`` that reports zero rows reads the row back and compares it with what it
+wrote; a retried claim cannot claim a second batch, because the ``UPDATE`` only applies while no
+row carries this call's (claim_token, claimed_at) stamp.
+
+Job cost of every public method is in its docstring and in ``docs/bigquery.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, TypeVar, cast
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import bigquery
+from tenacity import RetryCallState
+
+import schemas
+from adapters.bigquery.retry import DEFAULT_RETRY_SETTINGS, RetrySettings, is_transient
+from adapters.bigquery.schema import parameter_type, to_table
+from adapters.rows import (
+    JSON_COLUMNS,
+    QUEUE_COLUMNS,
+    RUN_COLUMNS,
+    SCHEDULE_COLUMNS,
+    queue_from_row,
+    queue_to_row,
+    run_from_row,
+    run_to_row,
+    schedule_from_row,
+    schedule_to_row,
+    utc,
+)
+from domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
+from domain.pipeline_schedule import PipelineSchedule
+from domain.ports import Capability, RunFilter, RunOrder
+from domain.queue import QueueItem, QueueStats, QueueStatus
+from domain.run import PipelineRun, RunState
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAXIMUM_BYTES_BILLED: Final = 10 * 1024**3
+"""10 GiB per job. A DML statement bills at least 10 MB; the metadata tables stay far smaller."""
+
+DEFAULT_JOB_TIMEOUT: Final = 120.0
+"""Seconds one job may take (including its HTTP calls) before the attempt counts as failed."""
+
+MAX_ROWS_PER_STATEMENT: Final = 1000
+MAX_PARAMETER_BYTES_PER_STATEMENT: Final = 4 * 1024**2
+"""Rows per MERGE/UPDATE job: BigQuery caps a request at 10 MB, parameters included."""
+
+_PROJECT_RE: Final = re.compile(r"^(?:[A-Za-z0-9.-]+:)?[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+"""A project id, optionally domain-scoped (``example.com:project``)."""
+_DATASET_RE: Final = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+_LABEL_RE: Final = re.compile(r"^[a-z0-9_-]{0,63}$")
+
+_RUN_KEY_COLUMNS: Final = ("run_id", "tenant_id", "config_id", "created_at")
+_RUN_MUTABLE: Final = tuple(c for c in RUN_COLUMNS if c not in _RUN_KEY_COLUMNS)
+_SCHEDULE_MUTABLE: Final = tuple(
+    c for c in SCHEDULE_COLUMNS if c not in ("schedule_id", "tenant_id", "config_id", "created_at")
+)
+
+_NO_RETRY: Final = cast(Retry, None)
+"""``retry=None`` turns off the client's own HTTP retries (its stubs say ``Retry`` but None is
+documented): :mod:`adapters.bigquery.retry` is the only retry layer."""
+
+_QUEUED: Final = QueueStatus.QUEUED.value
+_PROCESSING: Final = QueueStatus.PROCESSING.value
+
+
+def _q(column: str) -> str:
+    """A quoted column name (the emulator's DuckDB knows more keywords than BigQuery does)."""
+    return f"`{column}`"
+
+
+def _cols(columns: Sequence[str], alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(prefix + _q(c) for c in columns)
+
+
+# --------------------------------------------------------------------------- parameters
+def _encode(column: str, value: Any) -> Any:
+    # JSON documents live in STRING columns: an exact round trip on both BigQuery and the
+    # emulator (see docs/bigquery.md, "JSON columns").
+    if column in JSON_COLUMNS:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+    return value
+
+
+def _scalar(name: str, type_: str, value: Any) -> bigquery.ScalarQueryParameter:
+    return bigquery.ScalarQueryParameter(name, type_, value)
+
+
+def _row_params(
+    spec: schemas.TableSpec, row: Mapping[str, Any], columns: Sequence[str]
+) -> list[bigquery.ScalarQueryParameter]:
+    return [_scalar(f"p_{c}", parameter_type(spec, c), _encode(c, row[c])) for c in columns]
+
+
+_Extra = tuple[tuple[str, str], ...]
+"""Extra struct fields (name, parameter type) in front of the table columns."""
+
+
+def _struct_array(
+    spec: schemas.TableSpec,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    extra: _Extra = (),
+) -> bigquery.ArrayQueryParameter:
+    fields = [*extra, *((c, parameter_type(spec, c)) for c in columns)]
+    struct_type = bigquery.StructQueryParameterType(  # type: ignore[no-untyped-call]
+        *(
+            bigquery.ScalarQueryParameterType(type_, name=name)  # type: ignore[no-untyped-call]
+            for name, type_ in fields
+        )
+    )
+    values = [
+        bigquery.StructQueryParameter(
+            None, *(_scalar(name, type_, _encode(name, row[name])) for name, type_ in fields)
+        )
+        for row in rows
+    ]
+    return bigquery.ArrayQueryParameter("rows", struct_type, values)
+
+
+def _chunks(rows: Sequence[dict[str, Any]], max_rows: int, max_bytes: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        row_size = len(json.dumps(row, default=str)) * 2  # names, types and values, roughly
+        if chunk and (len(chunk) >= max_rows or size + row_size > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += row_size
+    if chunk:
+        yield chunk
+
+
+def _rounds(keys: Sequence[str]) -> list[list[int]]:
+    """Split positions into rounds in which every key appears at most once, keeping order per key.
+
+    ``UPDATE … FROM`` must match each target row at most once; a batch that names one row twice
+    is applied as consecutive statements, like the sequential updates of the SQL adapters.
+    """
+    rounds: list[list[int]] = []
+    seen: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(index)
+    return rounds
+
+
+def _label(value: str) -> str:
+    return re.sub(r"[^a-z0-9_-]", "_", value.lower())[:63]
+
+
+@dataclass(frozen=True)
+class _Result:
+    rows: list[Any]
+    affected: int
+    job_id: str
+    attempts: int
+
+    @property
+    def retried(self) -> bool:
+        """True when an earlier attempt failed: it may have been applied anyway (lost response)."""
+        return self.attempts > 1
+
+
+class _Attempts:
+    """What the retry loop saw: attempts made and the job id of the latest."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.job_id: str | None = None
+
+
+# --------------------------------------------------------------------------- the storage
+class BigQueryStorage:
+    """The Storage port on BigQuery.
+
+    Args:
+        client: a ready ``google.cloud.bigquery.Client`` (not closed by :meth:`close` unless the
+            storage was built with :meth:`from_dataset`).
+        dataset: ``"dataset"`` (in the client's project) or ``"project.dataset"``.
+        location: BigQuery location of the dataset and jobs (``None``: the client's default).
+        maximum_bytes_billed: cap on every job; a job that would bill more fails.
+        labels: extra labels put on every job (``app`` and ``operation`` are always set).
+        retry: bounds of the retry layer.
+        job_timeout: seconds one job attempt may take.
+        threads: threads that run the blocking client calls.
+        max_rows_per_statement: rows per MERGE/UPDATE job in batch writes.
+
+    Raises:
+        StorageError: an invalid project or dataset name.
+    """
+
+    def __init__(
+        self,
+        client: bigquery.Client,
+        dataset: str,
+        *,
+        location: str | None = None,
+        maximum_bytes_billed: int = DEFAULT_MAXIMUM_BYTES_BILLED,
+        labels: Mapping[str, str] | None = None,
+        retry: RetrySettings = DEFAULT_RETRY_SETTINGS,
+        job_timeout: float = DEFAULT_JOB_TIMEOUT,
+        threads: int = 8,
+        max_rows_per_statement: int = MAX_ROWS_PER_STATEMENT,
+    ) -> None:
+        project, _, name = dataset.rpartition(".")
+        project = project or str(client.project)
+        if not _PROJECT_RE.match(project) or not _DATASET_RE.match(name):
+            raise StorageError(f"invalid BigQuery dataset {dataset!r} (want [project.]dataset)")
+        for key, value in (labels or {}).items():
+            if not (_LABEL_RE.match(key) and key and _LABEL_RE.match(value)):
+                raise StorageError(f"invalid BigQuery job label {key!r}={value!r}")
+        if maximum_bytes_billed <= 0 or max_rows_per_statement <= 0:
+            raise StorageError("maximum_bytes_billed and max_rows_per_statement must be positive")
+        self._client = client
+        self._owns_client = False
+        self._project = project
+        self._dataset = name
+        self._location = location
+        self._maximum_bytes_billed = maximum_bytes_billed
+        self._labels = {**(labels or {}), "app": "pipestate"}
+        self._retry = retry
+        self._job_timeout = job_timeout
+        self._max_rows = max_rows_per_statement
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pipestate-bq")
+        self._closed = False
+        self._runs_spec = schemas.load(schemas.RUNS)
+        self._queue_spec = schemas.load(schemas.QUEUE)
+        self._schedules_spec = schemas.load(schemas.SCHEDULES)
+        self._sql = _Statements(
+            self.table_id(schemas.RUNS), self.table_id(schemas.QUEUE), self.table_id(schemas.SCHEDULES)
+        )
+
+    @classmethod
+    def from_dataset(cls, dataset: str, *, location: str | None = None, **kwargs: Any) -> BigQueryStorage:
+        """Build a client from Application Default Credentials for ``"project.dataset"`` (or
+        ``"dataset"`` in the default project) and own it (:meth:`close` closes it).
+
+        Raises:
+            StorageError: no credentials or project, or an invalid name.
+        """
+        project, _, _ = dataset.rpartition(".")
+        try:
+            client = bigquery.Client(project=project or None, location=location)
+        except Exception as error:  # google.auth raises its own hierarchy, not GoogleAPIError
+            raise StorageError(
+                f"cannot create a BigQuery client: {error}", operation="from_dataset"
+            ) from error
+        storage = cls(client, dataset, location=location, **kwargs)
+        storage._owns_client = True
+        return storage
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.MULTI_PROCESS, Capability.MULTI_HOST})
+
+    @property
+    def client(self) -> bigquery.Client:
+        return self._client
+
+    @property
+    def dataset_id(self) -> str:
+        """``project.dataset``."""
+        return f"{self._project}.{self._dataset}"
+
+    def table_id(self, table: str) -> str:
+        """``project.dataset.table`` of one of :data:`schemas.TABLES`."""
+        return f"{self._project}.{self._dataset}.{table}"
+
+    # ------------------------------------------------------------------ plumbing
+    def _with_retries(self, operation: str, kind: str, call: Callable[[_Attempts], T]) -> T:
+        """Run ``call`` under the retry layer; translate what escapes into domain errors."""
+        attempts = _Attempts()
+
+        def log_retry(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            log.warning(
+                "BigQuery %s for %s failed transiently (attempt %d, job %s): %s; retrying",
+                kind,
+                operation,
+                state.attempt_number,
+                attempts.job_id,
+                error,
+            )
+
+        try:
+            return self._retry.retrying(log_retry)(call, attempts)
+        except (gexc.GoogleAPIError, OSError) as error:
+            message = getattr(error, "message", None) or str(error) or type(error).__name__
+            after = f" after {attempts.count} attempts" if attempts.count > 1 else ""
+            kind_of = StorageUnavailable if is_transient(error) else StorageError
+            raise kind_of(
+                f"BigQuery {kind}{after} failed: {message}",
+                operation=operation,
+                job_id=attempts.job_id,
+                statement=kind,
+                attempts=attempts.count,
+            ) from error
+
+    def _execute(self, operation: str, kind: str, sql: str, params: Sequence[Any]) -> _Result:
+        def attempt(state: _Attempts) -> _Result:
+            state.count += 1
+            state.job_id = f"pipestate_{_label(operation)}_{uuid.uuid4().hex}"
+            config = bigquery.QueryJobConfig(
+                query_parameters=list(params),
+                labels={**self._labels, "operation": _label(operation)},
+                maximum_bytes_billed=self._maximum_bytes_billed,
+                use_legacy_sql=False,
+            )
+            job = self._client.query(
+                sql,
+                job_config=config,
+                job_id=state.job_id,
+                location=self._location,
+                retry=_NO_RETRY,
+                job_retry=None,
+                timeout=self._job_timeout,
+            )
+            rows = list(job.result(retry=_NO_RETRY, job_retry=None, timeout=self._job_timeout))
+            affected = job.num_dml_affected_rows
+            return _Result(rows, int(affected or 0), state.job_id, state.count)
+
+        return self._with_retries(operation, kind, attempt)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise StorageError("storage is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn)
+
+    async def _query(self, operation: str, kind: str, sql: str, params: Sequence[Any] = ()) -> _Result:
+        return await self._in_thread(lambda: self._execute(operation, kind, sql, params))
+
+    # ------------------------------------------------------------------ set-up
+    async def create_schema(self) -> None:
+        """Create the dataset and the three tables from ``schemas/*.json`` if absent.
+
+        Jobs: 0 (dataset and table API calls, about 4 + 3 requests). Idempotent; an existing table
+        missing a column of the schema is an error (migrations are explicit, not automatic).
+        """
+
+        def create(state: _Attempts) -> None:
+            state.count += 1
+            dataset = bigquery.Dataset(self.dataset_id)
+            if self._location is not None:
+                dataset.location = self._location
+            self._client.create_dataset(dataset, exists_ok=True, retry=_NO_RETRY, timeout=self._job_timeout)
+            for spec in schemas.load_all():
+                table = self._client.create_table(
+                    to_table(spec, self.table_id(spec.table)),
+                    exists_ok=True,
+                    retry=_NO_RETRY,
+                    timeout=self._job_timeout,
+                )
+                missing = set(spec.field_names) - {f.name for f in table.schema}
+                if missing:
+                    raise StorageError(
+                        f"table {self.table_id(spec.table)} exists without columns {sorted(missing)}"
+                        f" of schema version {spec.version}",
+                        operation="create_schema",
+                    )
+
+        await self._in_thread(lambda: self._with_retries("create_schema", "DDL", create))
+
+    async def drop_dataset(self) -> None:
+        """Delete the dataset and every table in it (tests and ``demo`` only)."""
+
+        def drop(state: _Attempts) -> None:
+            state.count += 1
+            self._client.delete_dataset(
+                self.dataset_id,
+                delete_contents=True,
+                not_found_ok=True,
+                retry=_NO_RETRY,
+                timeout=self._job_timeout,
+            )
+
+        await self._in_thread(lambda: self._with_retries("drop_dataset", "DDL", drop))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        if self._owns_client:
+            self._client.close()  # type: ignore[no-untyped-call]
+
+    # ------------------------------------------------------------------ shared helpers
+    async def _insert_if_absent(
+        self, operation: str, spec: schemas.TableSpec, key: str, rows: list[dict[str, Any]]
+    ) -> tuple[int, bool]:
+        """MERGE the rows whose key is absent; (rows inserted, whether any job was retried)."""
+        unique = list({row[key]: row for row in rows}.values())
+        sql = self._sql.merge(spec, key)
+        inserted, retried = 0, False
+        for chunk in _chunks(unique, self._max_rows, MAX_PARAMETER_BYTES_PER_STATEMENT):
+            result = await self._query(
+                operation, "MERGE", sql, [_struct_array(spec, chunk, spec.field_names)]
+            )
+            inserted += result.affected
+            retried = retried or result.retried
+        return inserted, retried
+
+    async def _update_batch(
+        self,
+        operation: str,
+        spec: schemas.TableSpec,
+        key: str,
+        mutable: tuple[str, ...],
+        rows: list[dict[str, Any]],
+        expected: list[int],
+        reread: Callable[[list[str]], Any],
+    ) -> int:
+        applied = 0
+        sql = self._sql.update_batch(spec, key, mutable)
+        extra: _Extra = (("b_id", "STRING"), ("b_expected", "INT64"))
+        for positions in _rounds([row[key] for row in rows]):
+            batch = [{**rows[i], "b_id": rows[i][key], "b_expected": expected[i]} for i in positions]
+            for chunk in _chunks(batch, self._max_rows, MAX_PARAMETER_BYTES_PER_STATEMENT):
+                result = await self._query(
+                    operation, "UPDATE", sql, [_struct_array(spec, chunk, mutable, extra)]
+                )
+                if result.retried:
+                    # An earlier attempt may have applied part of it: count what is stored now.
+                    wanted = {
+                        r[key]: {c: v for c, v in r.items() if c not in ("b_id", "b_expected")} for r in chunk
+                    }
+                    stored = await reread(list(wanted))
+                    applied += sum(1 for row in stored if wanted.get(row[key]) == row)
+                else:
+                    applied += result.affected
+        return applied
+
+    # ------------------------------------------------------------------ runs
+    async def insert_runs(self, runs: Sequence[PipelineRun]) -> int:
+        """Jobs: 1 per 1,000 distinct runs (0 for an empty batch)."""
+        inserted, _ = await self._insert_if_absent(
+            "insert_runs", self._runs_spec, "run_id", [run_to_row(r) for r in runs]
+        )
+        return inserted
+
+    async def get_run(self, run_id: str) -> PipelineRun | None:
+        """Jobs: 1."""
+        return await self._get_run("get_run", run_id)
+
+    async def _get_run(self, operation: str, run_id: str) -> PipelineRun | None:
+        result = await self._query(operation, "SELECT", self._sql.get_run, [_scalar("id", "STRING", run_id)])
+        return run_from_row(result.rows[0]) if result.rows else None
+
+    async def get_runs(self, run_ids: Collection[str]) -> list[PipelineRun]:
+        """Jobs: 1 (0 for no ids)."""
+        return [run_from_row(r) for r in await self._get_run_rows("get_runs", sorted(set(run_ids)))]
+
+    async def _get_run_rows(self, operation: str, ids: list[str]) -> list[Any]:
+        if not ids:
+            return []
+        result = await self._query(
+            operation, "SELECT", self._sql.get_runs, [bigquery.ArrayQueryParameter("ids", "STRING", ids)]
+        )
+        return result.rows
+
+    async def update_run(self, run: PipelineRun, expected_version: int) -> bool:
+        """Jobs: 1 when applied; 2 when not (the second tells a stale row from a missing one, or
+        resolves a retried UPDATE whose first attempt may have been applied)."""
+        row = run_to_row(run)
+        params = [
+            *_row_params(self._runs_spec, row, _RUN_MUTABLE),
+            _scalar("b_id", "STRING", run.run_id),
+            _scalar("b_expected", "INT64", expected_version),
+        ]
+        result = await self._query("update_run", "UPDATE", self._sql.update_run, params)
+        if result.affected == 1:
+            return True
+        stored = await self._get_run("update_run", run.run_id)
+        if stored is None:
+            raise RunNotFound(run.run_id)
+        return result.retried and stored == run
+
+    async def update_runs(self, runs: Sequence[tuple[PipelineRun, int]]) -> int:
+        """Jobs: 1 per 1,000 pairs (0 for none); +1 read-back per retried statement. A batch that
+        names one run twice takes one statement per repetition."""
+        if not runs:
+            return 0
+
+        async def reread(ids: list[str]) -> list[dict[str, Any]]:
+            return [run_to_row(run_from_row(r)) for r in await self._get_run_rows("update_runs", ids)]
+
+        return await self._update_batch(
+            "update_runs",
+            self._runs_spec,
+            "run_id",
+            _RUN_MUTABLE,
+            [run_to_row(r) for r, _ in runs],
+            [v for _, v in runs],
+            reread,
+        )
+
+    async def find_runs(
+        self, criteria: RunFilter, *, order: RunOrder = RunOrder.SCHEDULED_ASC, limit: int | None = None
+    ) -> list[PipelineRun]:
+        """Jobs: 1."""
+        where, params = _run_conditions(criteria)
+        order_by = {
+            RunOrder.SCHEDULED_ASC: "`scheduled_time`, `run_id`",
+            RunOrder.COMPLETED_DESC: "`completed_at` DESC NULLS LAST, `run_id`",
+            RunOrder.UPDATED_DESC: "`updated_at` DESC NULLS LAST, `run_id`",
+        }[RunOrder(order)]
+        # The table name comes from the validated dataset name; every value is a parameter.
+        sql = f"SELECT {_cols(RUN_COLUMNS)} FROM `{self._sql.runs}` {where} ORDER BY {order_by}"  # noqa: S608
+        if limit is not None:
+            sql += " LIMIT @limit"
+            params.append(_scalar("limit", "INT64", max(int(limit), 0)))
+        result = await self._query("find_runs", "SELECT", sql, params)
+        return [run_from_row(r) for r in result.rows]
+
+    async def count_runs_by_state(self, tenant_id: str | None = None) -> dict[RunState, int]:
+        """Jobs: 1."""
+        where, params = "", []
+        if tenant_id is not None:
+            where, params = "WHERE `tenant_id` = @tenant", [_scalar("tenant", "STRING", tenant_id)]
+        sql = f"SELECT `state`, COUNT(*) AS n FROM `{self._sql.runs}` {where} GROUP BY `state`"  # noqa: S608 - trusted table name
+        result = await self._query("count_runs_by_state", "SELECT", sql, params)
+        return {RunState(r["state"]): int(r["n"]) for r in result.rows}
+
+    # ------------------------------------------------------------------ queue
+    async def insert_queue_items(self, items: Sequence[QueueItem]) -> int:
+        """Jobs: 1 per 1,000 distinct items (0 for an empty batch)."""
+        inserted, _ = await self._insert_if_absent(
+            "insert_queue_items", self._queue_spec, "queue_id", [queue_to_row(i) for i in items]
+        )
+        return inserted
+
+    async def get_queue_item(self, queue_id: str) -> QueueItem | None:
+        """Jobs: 1."""
+        return await self._get_item("get_queue_item", queue_id)
+
+    async def _get_item(self, operation: str, queue_id: str) -> QueueItem | None:
+        result = await self._query(
+            operation, "SELECT", self._sql.get_item, [_scalar("id", "STRING", queue_id)]
+        )
+        return queue_from_row(result.rows[0]) if result.rows else None
+
+    async def claim_queue_items(
+        self, *, worker_id: str, claim_token: str, now: datetime, lease_expires_at: datetime, limit: int
+    ) -> list[QueueItem]:
+        """Jobs: 2 whatever ``limit`` is (an UPDATE stamping the batch, a SELECT reading it back
+        by token); 0 when ``limit`` < 1."""
+        if limit < 1:
+            return []
+        stamp = [_scalar("token", "STRING", claim_token), _scalar("now", "TIMESTAMP", now)]
+        await self._query(
+            "claim_queue_items",
+            "UPDATE",
+            self._sql.claim,
+            [
+                *stamp,
+                _scalar("worker", "STRING", worker_id),
+                _scalar("lease", "TIMESTAMP", lease_expires_at),
+                _scalar("limit", "INT64", limit),
+            ],
+        )
+        result = await self._query(
+            "claim_queue_items", "SELECT", self._sql.claimed, [*stamp, _scalar("worker", "STRING", worker_id)]
+        )
+        return [queue_from_row(r) for r in result.rows]
+
+    async def transition_queue_item(
+        self,
+        queue_id: str,
+        *,
+        from_status: QueueStatus,
+        to_status: QueueStatus,
+        now: datetime,
+        claim_token: str | None = None,
+        error_message: str | None = None,
+    ) -> bool:
+        """Jobs: 1 (+1 read-back when a retried UPDATE reports no row)."""
+        fenced = claim_token is not None
+        params = [
+            _scalar("id", "STRING", queue_id),
+            _scalar("from", "STRING", from_status.value),
+            _scalar("to", "STRING", to_status.value),
+            _scalar("now", "TIMESTAMP", now),
+        ]
+        if fenced:
+            params.append(_scalar("token", "STRING", claim_token))
+        if to_status is QueueStatus.FAILED:
+            params.append(_scalar("error", "STRING", error_message))
+        result = await self._query(
+            "transition_queue_item", "UPDATE", self._sql.transition(to_status, fenced), params
+        )
+        if result.affected == 1:
+            return True
+        if not result.retried:
+            return False
+        item = await self._get_item("transition_queue_item", queue_id)
+        return (
+            item is not None
+            and item.status is to_status
+            and item.updated_at == utc(now)
+            and (not fenced or to_status is QueueStatus.QUEUED or item.claim_token == claim_token)
+        )
+
+    async def extend_queue_lease(
+        self, queue_id: str, *, claim_token: str, lease_expires_at: datetime
+    ) -> bool:
+        """Jobs: 1 (+1 read-back when a retried UPDATE reports no row)."""
+        params = [
+            _scalar("id", "STRING", queue_id),
+            _scalar("token", "STRING", claim_token),
+            _scalar("lease", "TIMESTAMP", lease_expires_at),
+        ]
+        result = await self._query("extend_queue_lease", "UPDATE", self._sql.extend_lease, params)
+        if result.affected == 1:
+            return True
+        if not result.retried:
+            return False
+        item = await self._get_item("extend_queue_lease", queue_id)
+        return (
+            item is not None
+            and item.status is QueueStatus.PROCESSING
+            and item.claim_token == claim_token
+            and item.lease_expires_at == utc(lease_expires_at)
+        )
+
+    async def find_queue_items(
+        self,
+        *,
+        status: QueueStatus | None = None,
+        lease_expired_before: datetime | None = None,
+        run_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[QueueItem]:
+        """Jobs: 1."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            conditions.append("`status` = @status")
+            params.append(_scalar("status", "STRING", QueueStatus(status).value))
+        if lease_expired_before is not None:
+            conditions.append("`lease_expires_at` <= @lease_before")
+            params.append(_scalar("lease_before", "TIMESTAMP", lease_expired_before))
+        if run_id is not None:
+            conditions.append("`run_id` = @run_id")
+            params.append(_scalar("run_id", "STRING", run_id))
+        sql = (
+            f"SELECT {_cols(QUEUE_COLUMNS)} FROM `{self._sql.queue}` {_where(conditions)} "  # noqa: S608 - trusted table name
+            "ORDER BY `priority`, `created_at`, `queue_id`"
+        )
+        if limit is not None:
+            sql += " LIMIT @limit"
+            params.append(_scalar("limit", "INT64", max(int(limit), 0)))
+        result = await self._query("find_queue_items", "SELECT", sql, params)
+        return [queue_from_row(r) for r in result.rows]
+
+    async def count_queue_items(self, status: QueueStatus | None = None, tenant_id: str | None = None) -> int:
+        """Jobs: 1."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            conditions.append("`status` = @status")
+            params.append(_scalar("status", "STRING", QueueStatus(status).value))
+        if tenant_id is not None:
+            conditions.append("`tenant_id` = @tenant")
+            params.append(_scalar("tenant", "STRING", tenant_id))
+        sql = f"SELECT COUNT(*) AS n FROM `{self._sql.queue}` {_where(conditions)}"  # noqa: S608 - trusted table name
+        result = await self._query("count_queue_items", "SELECT", sql, params)
+        return int(result.rows[0]["n"])
+
+    async def queue_stats(self, now: datetime) -> QueueStats:
+        """Jobs: 1 (every figure comes from one query)."""
+        result = await self._query("queue_stats", "SELECT", self._sql.stats)
+        by_status: dict[QueueStatus, int] = {}
+        by_priority: dict[int, int] = {}
+        avg: float | None = None
+        p95: float | None = None
+        oldest: datetime | None = None
+        for row in result.rows:
+            kind = row["kind"]
+            if kind == "status":
+                by_status[QueueStatus(row["key"])] = int(row["n"])
+            elif kind == "priority":
+                by_priority[int(row["key"])] = int(row["n"])
+            elif kind == "wait":
+                avg = None if row["value"] is None else float(row["value"])
+                oldest = utc(row["at"])
+            elif kind == "p95" and row["value"] is not None:
+                p95 = float(row["value"])
+        return QueueStats(
+            by_status=by_status,
+            waiting_by_priority=by_priority,
+            avg_wait_seconds=avg,
+            p95_wait_seconds=p95,
+            oldest_waiting_age_seconds=None
+            if oldest is None
+            else max((utc(now) - oldest).total_seconds(), 0.0),  # type: ignore[operator]
+            total=sum(by_status.values()),
+        )
+
+    # ------------------------------------------------------------------ schedules
+    async def insert_schedule(self, schedule: PipelineSchedule) -> bool:
+        """Jobs: 1 (+1 read-back when a retried MERGE reports no row)."""
+        inserted, retried = await self._insert_if_absent(
+            "insert_schedule", self._schedules_spec, "schedule_id", [schedule_to_row(schedule)]
+        )
+        if inserted == 1:
+            return True
+        if not retried:
+            return False
+        return await self._get_schedule("insert_schedule", schedule.schedule_id) == schedule
+
+    async def insert_schedules(self, schedules: Sequence[PipelineSchedule]) -> int:
+        """Batch :meth:`insert_schedule` (not in the port yet): insert the absent ones, return how
+        many. Jobs: 1 per 1,000 distinct schedules (0 for none)."""
+        inserted, _ = await self._insert_if_absent(
+            "insert_schedules", self._schedules_spec, "schedule_id", [schedule_to_row(s) for s in schedules]
+        )
+        return inserted
+
+    async def get_schedule(self, schedule_id: str) -> PipelineSchedule | None:
+        """Jobs: 1."""
+        return await self._get_schedule("get_schedule", schedule_id)
+
+    async def _get_schedule(self, operation: str, schedule_id: str) -> PipelineSchedule | None:
+        result = await self._query(
+            operation, "SELECT", self._sql.get_schedule, [_scalar("id", "STRING", schedule_id)]
+        )
+        return schedule_from_row(result.rows[0]) if result.rows else None
+
+    async def list_schedules(
+        self, *, tenant_id: str | None = None, enabled: bool | None = None
+    ) -> list[PipelineSchedule]:
+        """Jobs: 1."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        if tenant_id is not None:
+            conditions.append("`tenant_id` = @tenant")
+            params.append(_scalar("tenant", "STRING", tenant_id))
+        if enabled is not None:
+            conditions.append("`enabled` = @enabled")
+            params.append(_scalar("enabled", "BOOL", bool(enabled)))
+        sql = (
+            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM `{self._sql.schedules}` {_where(conditions)} "  # noqa: S608 - trusted table name
+            "ORDER BY `tenant_id`, `config_id`, `schedule_id`"
+        )
+        result = await self._query("list_schedules", "SELECT", sql, params)
+        return [schedule_from_row(r) for r in result.rows]
+
+    async def update_schedule(self, schedule: PipelineSchedule, expected_version: int) -> bool:
+        """Jobs: 1 when applied; 2 when not (see :meth:`update_run`)."""
+        row = schedule_to_row(schedule)
+        params = [
+            *_row_params(self._schedules_spec, row, _SCHEDULE_MUTABLE),
+            _scalar("b_id", "STRING", schedule.schedule_id),
+            _scalar("b_expected", "INT64", expected_version),
+        ]
+        result = await self._query("update_schedule", "UPDATE", self._sql.update_schedule, params)
+        if result.affected == 1:
+            return True
+        stored = await self._get_schedule("update_schedule", schedule.schedule_id)
+        if stored is None:
+            raise ScheduleNotFound(schedule.schedule_id)
+        return result.retried and stored == schedule
+
+    async def update_schedules(self, schedules: Sequence[tuple[PipelineSchedule, int]]) -> int:
+        """Jobs: 1 per 1,000 pairs (0 for none); +1 read-back per retried statement."""
+        if not schedules:
+            return 0
+
+        async def reread(ids: list[str]) -> list[dict[str, Any]]:
+            result = await self._query(
+                "update_schedules",
+                "SELECT",
+                self._sql.get_schedules,
+                [bigquery.ArrayQueryParameter("ids", "STRING", ids)],
+            )
+            return [schedule_to_row(schedule_from_row(r)) for r in result.rows]
+
+        return await self._update_batch(
+            "update_schedules",
+            self._schedules_spec,
+            "schedule_id",
+            _SCHEDULE_MUTABLE,
+            [schedule_to_row(s) for s, _ in schedules],
+            [v for _, v in schedules],
+            reread,
+        )
+
+    async def due_schedules(self, now: datetime, limit: int) -> list[PipelineSchedule]:
+        """Jobs: 1, whatever the number of schedules (clustered on enabled, next_fire_time)."""
+        params = [_scalar("now", "TIMESTAMP", now), _scalar("limit", "INT64", max(int(limit), 0))]
+        result = await self._query("due_schedules", "SELECT", self._sql.due, params)
+        return [schedule_from_row(r) for r in result.rows]
+
+
+# --------------------------------------------------------------------------- SQL
+def _where(conditions: Sequence[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _run_conditions(criteria: RunFilter) -> tuple[str, list[Any]]:
+    conditions: list[str] = []
+    params: list[Any] = []
+    if criteria.states is not None:
+        conditions.append("`state` IN UNNEST(@states)")
+        params.append(
+            bigquery.ArrayQueryParameter(
+                "states", "STRING", sorted({RunState(s).value for s in criteria.states})
+            )
+        )
+    if criteria.tenant_id is not None:
+        conditions.append("`tenant_id` = @tenant")
+        params.append(_scalar("tenant", "STRING", criteria.tenant_id))
+    if criteria.config_id is not None:
+        conditions.append("`config_id` = @config")
+        params.append(_scalar("config", "STRING", criteria.config_id))
+    if criteria.scheduled_before is not None:
+        conditions.append("`scheduled_time` <= @scheduled_before")
+        params.append(_scalar("scheduled_before", "TIMESTAMP", criteria.scheduled_before))
+    if criteria.lease_expired_before is not None:
+        conditions.append("`lease_expires_at` <= @lease_before")
+        params.append(_scalar("lease_before", "TIMESTAMP", criteria.lease_expired_before))
+    return _where(conditions), params
+
+
+class _Statements:
+    """The fixed statements of one dataset, built once.
+
+    Table names come from the validated dataset name and the constant table names in
+    :mod:`schemas`; every value is a query parameter.
+    """
+
+    def __init__(self, runs: str, queue: str, schedules: str) -> None:
+        self.runs = runs
+        self.queue = queue
+        self.schedules = schedules
+        r, q, s = f"`{runs}`", f"`{queue}`", f"`{schedules}`"
+        self.get_run = f"SELECT {_cols(RUN_COLUMNS)} FROM {r} WHERE `run_id` = @id"  # noqa: S608 - trusted table name
+        self.get_runs = (
+            f"SELECT {_cols(RUN_COLUMNS)} FROM {r} WHERE `run_id` IN UNNEST(@ids) ORDER BY `run_id`"  # noqa: S608 - trusted table name
+        )
+        self.update_run = self._update_one(r, "run_id", _RUN_MUTABLE)
+        self.get_item = f"SELECT {_cols(QUEUE_COLUMNS)} FROM {q} WHERE `queue_id` = @id"  # noqa: S608 - trusted table name
+        self.get_schedule = f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} WHERE `schedule_id` = @id"  # noqa: S608 - trusted table name
+        self.get_schedules = (
+            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} "  # noqa: S608 - trusted table name
+            "WHERE `schedule_id` IN UNNEST(@ids) ORDER BY `schedule_id`"
+        )
+        self.update_schedule = self._update_one(s, "schedule_id", _SCHEDULE_MUTABLE)
+        self.due = (
+            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} "  # noqa: S608 - trusted table name
+            "WHERE `enabled` AND `next_fire_time` <= @now "
+            "ORDER BY `next_fire_time`, `schedule_id` LIMIT @limit"
+        )
+        # One UPDATE picks and stamps the batch. The NOT EXISTS makes a retried claim whose first
+        # attempt was applied (response lost) a no-op instead of a second batch under one token.
+        self.claim = (
+            f"UPDATE {q} SET `status` = '{_PROCESSING}', `worker_id` = @worker, `claim_token` = @token, "  # noqa: S608 - trusted table name
+            "`claimed_at` = @now, `updated_at` = @now, `lease_expires_at` = @lease, "
+            "`attempts` = `attempts` + 1, `version` = `version` + 1 "
+            f"WHERE `queue_id` IN (SELECT p.`queue_id` FROM {q} AS p WHERE p.`status` = '{_QUEUED}' "
+            "ORDER BY p.`priority`, p.`created_at`, p.`queue_id` LIMIT @limit) "
+            f"AND `status` = '{_QUEUED}' "
+            f"AND NOT EXISTS (SELECT 1 FROM {q} AS g "
+            "WHERE g.`claim_token` = @token AND g.`claimed_at` = @now)"
+        )
+        self.claimed = (
+            f"SELECT {_cols(QUEUE_COLUMNS)} FROM {q} "  # noqa: S608 - trusted table name
+            "WHERE `claim_token` = @token AND `claimed_at` = @now AND `worker_id` = @worker "
+            "ORDER BY `priority`, `created_at`, `queue_id`"
+        )
+        self.extend_lease = (
+            # Idempotent, so that a retry of an applied extension does not bump the version again.
+            f"UPDATE {q} SET `lease_expires_at` = @lease, "  # noqa: S608 - trusted table name
+            "`version` = `version` + IF(`lease_expires_at` = @lease, 0, 1) "
+            f"WHERE `queue_id` = @id AND `status` = '{_PROCESSING}' AND `claim_token` = @token"
+        )
+        self.stats = (
+            f"WITH base AS (SELECT `status`, `priority`, `created_at`, "  # noqa: S608 - trusted table name
+            f"TIMESTAMP_DIFF(`claimed_at`, `created_at`, MICROSECOND) / 1000000 AS wait FROM {q}), "
+            "waits AS (SELECT wait, ROW_NUMBER() OVER (ORDER BY wait) AS rn, COUNT(*) OVER () AS total "
+            "FROM base WHERE wait IS NOT NULL) "
+            "SELECT 'status' AS kind, `status` AS key, COUNT(*) AS n, "
+            "CAST(NULL AS FLOAT64) AS value, CAST(NULL AS TIMESTAMP) AS at FROM base GROUP BY `status` "
+            "UNION ALL SELECT 'priority', CAST(`priority` AS STRING), COUNT(*), NULL, NULL FROM base "
+            f"WHERE `status` = '{_QUEUED}' GROUP BY `priority` "
+            f"UNION ALL SELECT 'wait', NULL, COUNT(wait), AVG(wait), MIN(IF(`status` = '{_QUEUED}', "
+            "`created_at`, NULL)) FROM base "
+            "UNION ALL SELECT 'p95', NULL, NULL, MAX(wait), NULL FROM waits "
+            "WHERE rn = GREATEST(CAST(CEIL(0.95 * total) AS INT64), 1)"
+        )
+        self._transitions = {
+            (status, fenced): self._transition(q, status, fenced)
+            for status in QueueStatus
+            for fenced in (False, True)
+        }
+
+    @staticmethod
+    def _update_one(table: str, key: str, mutable: Sequence[str]) -> str:
+        sets = ", ".join(f"{_q(c)} = @p_{c}" for c in mutable)
+        return f"UPDATE {table} SET {sets} WHERE {_q(key)} = @b_id AND `version` = @b_expected"  # noqa: S608 - trusted table name
+
+    @staticmethod
+    def _transition(table: str, to_status: QueueStatus, fenced: bool) -> str:
+        sets = ["`status` = @to", "`version` = `version` + 1", "`updated_at` = @now"]
+        if to_status in (QueueStatus.COMPLETED, QueueStatus.FAILED):
+            sets += ["`completed_at` = @now", "`lease_expires_at` = NULL"]
+            if to_status is QueueStatus.FAILED:
+                sets.append("`error_message` = @error")
+        elif to_status is QueueStatus.QUEUED:
+            sets += [
+                "`worker_id` = NULL",
+                "`claim_token` = NULL",
+                "`claimed_at` = NULL",
+                "`lease_expires_at` = NULL",
+            ]
+        where = "`queue_id` = @id AND `status` = @from"
+        if fenced:
+            where += " AND `claim_token` = @token"
+        return f"UPDATE {table} SET {', '.join(sets)} WHERE {where}"  # noqa: S608 - trusted table name
+
+    def transition(self, to_status: QueueStatus, fenced: bool) -> str:
+        return self._transitions[(to_status, fenced)]
+
+    def _full(self, spec: schemas.TableSpec) -> str:
+        return {schemas.RUNS: self.runs, schemas.QUEUE: self.queue, schemas.SCHEDULES: self.schedules}[
+            spec.table
+        ]
+
+    def merge(self, spec: schemas.TableSpec, key: str) -> str:
+        columns = spec.field_names
+        return (
+            f"MERGE `{self._full(spec)}` AS t "  # noqa: S608 - trusted table name
+            f"USING (SELECT {_cols(columns, 'u')} FROM UNNEST(@rows) AS u) AS s "
+            f"ON t.{_q(key)} = s.{_q(key)} "
+            f"WHEN NOT MATCHED THEN INSERT ({_cols(columns)}) VALUES ({_cols(columns, 's')})"
+        )
+
+    def update_batch(self, spec: schemas.TableSpec, key: str, mutable: Sequence[str]) -> str:
+        full = self._full(spec)
+        sets = ", ".join(f"{_q(c)} = s.{_q(c)}" for c in mutable)
+        return (
+            f"UPDATE `{full}` AS t SET {sets} "  # noqa: S608 - trusted table name
+            f"FROM (SELECT u.`b_id`, u.`b_expected`, {_cols(mutable, 'u')} FROM UNNEST(@rows) AS u) AS s "
+            f"WHERE t.{_q(key)} = s.`b_id` AND t.`version` = s.`b_expected`"
+        )
