@@ -6,6 +6,7 @@ these tables, ``schemas/*.json`` and the dataclasses to the same fields.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -14,6 +15,15 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
 SCHEMA_VERSION: Final = 1
+"""The schema these tables describe; recorded in ``pipestate_schema_version`` by create_schema."""
+
+UPGRADES: Final[Mapping[int, Sequence[str]]] = {}
+"""version -> the statements that take a database from ``version - 1`` to ``version``.
+
+``create_all`` only creates missing tables (with their indexes); every change to an existing
+table is a statement here, written to run on SQLite and PostgreSQL alike (``ALTER TABLE … ADD
+COLUMN``, ``CREATE INDEX IF NOT EXISTS``). Version 1 is the first: nothing to upgrade yet.
+"""
 
 
 class UtcDateTime(sa.TypeDecorator[datetime]):
