@@ -1,0 +1,1 @@
+"""The ``pipestate`` command line (``adapters.cli.main:main``)."""

@@ -1,0 +1,630 @@
+"""``pipestate``: run schedules, workers and recovery from the command line.
+
+Every command opens the store named by ``--db URL`` (default ``sqlite:///pipestate.db``) or by
+``--bigquery-project P --bigquery-dataset D``. Output is a table for people, or JSON with
+``--json``. Errors are one line on stderr: exit 2 for bad input (bad cron, unknown zone, unknown
+schedule, bad option), 1 for anything else (store unavailable …). ``--traceback`` shows the
+traceback instead, for debugging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, TypeVar
+
+from adapters.cli.output import clip, fmt_age, fmt_time, print_json, short, table, to_jsonable
+from adapters.cli.store import DEFAULT_DB, StoreOptions, is_sqlite, open_store
+from application.clock import SYSTEM_CLOCK
+from application.recovery import Recovery
+from application.schedule_manager import ScheduleManager
+from application.scheduler import DEFAULT_BATCH_SIZE, Scheduler
+from application.state_manager import PipelineStateManager
+from application.worker import DEFAULT_LEASE, Handler, Outcome, Worker, WorkResult
+from domain.errors import InvalidArgument, InvalidInput, NotFound, PipestateError
+from domain.pipeline_schedule import CatchupPolicy, PipelineSchedule
+from domain.ports import RunFilter, RunOrder, Storage
+from domain.queue import QueueStatus
+from domain.retry import RetryPolicy
+from domain.run import PipelineRun, RunState
+from domain.schedule import DstFoldPolicy, DstGapPolicy
+
+PROG = "pipestate"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line syntax (reported in one line, exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Schedules, queue, workers and recovery for pipeline runs.")
+    _add_common(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    common = _Parser(add_help=False)
+    _add_common(common, defaults=False)
+
+    def command(name: str, help_text: str, *, into: Any = commands) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = into.add_parser(
+            name, help=help_text, description=help_text, parents=[common]
+        )
+        return sub
+
+    command("init", "create the tables (idempotent)")
+
+    schedule = command("schedule", "add, list, pause or resume schedules")
+    schedule_commands = schedule.add_subparsers(
+        dest="schedule_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    add = command("add", "add a schedule for TENANT and CONFIG_ID", into=schedule_commands)
+    add.add_argument("tenant")
+    add.add_argument("config_id")
+    add.add_argument("--cron", required=True, help="five-field cron, in the schedule's time zone")
+    add.add_argument("--tz", "--timezone", dest="timezone", default="UTC", help="IANA zone (default UTC)")
+    add.add_argument("--priority", type=int, default=5, help="1 (highest) .. 10 (lowest), default 5")
+    add.add_argument(
+        "--catchup", choices=[c.value for c in CatchupPolicy], default=CatchupPolicy.LATEST.value
+    )
+    add.add_argument("--max-catchup-runs", type=int, default=10)
+    add.add_argument("--misfire-grace", type=int, default=300, help="seconds (catch-up 'none')")
+    add.add_argument("--max-retries", type=int, default=3)
+    add.add_argument("--retry-delay", type=float, default=60.0, help="first backoff in seconds (default 60)")
+    add.add_argument("--retry-max-delay", type=float, default=3600.0)
+    add.add_argument("--retry-on", default=None, help="comma-separated error types to retry (default: all)")
+    add.add_argument("--dst-gap", choices=[p.value for p in DstGapPolicy], default=DstGapPolicy.SHIFT.value)
+    add.add_argument(
+        "--dst-fold", choices=[p.value for p in DstFoldPolicy], default=DstFoldPolicy.FIRST.value
+    )
+    add.add_argument("--config", default="{}", help="JSON object passed to the handler")
+    add.add_argument("--start", default=None, help="first slot considered, ISO time (default now)")
+    add.add_argument("--disabled", action="store_true", help="add it paused")
+    listing = command("list", "list schedules", into=schedule_commands)
+    listing.add_argument("--tenant", default=None)
+    for action in ("pause", "resume"):
+        sub = command(action, f"{action} the schedule of TENANT and CONFIG_ID", into=schedule_commands)
+        sub.add_argument("tenant")
+        sub.add_argument("config_id")
+
+    tick = command("tick", "create due runs and queue the runs whose time has come")
+    tick.add_argument("--now", default=None, help="simulate this ISO time instead of the clock")
+    tick.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+
+    worker = command("worker", "claim and run queued runs until SIGTERM/SIGINT")
+    worker.add_argument("--handler", required=True, help="module:function called as handler(run, config)")
+    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument("--lease", type=float, default=DEFAULT_LEASE.total_seconds(), help="seconds")
+    worker.add_argument("--heartbeat", type=float, default=None, help="seconds (default lease/3)")
+    worker.add_argument("--poll", type=float, default=1.0, help="seconds between polls of an empty queue")
+    worker.add_argument("--worker-id", default=None)
+    worker.add_argument("--max-items", type=int, default=None, help="exit after this many items")
+    worker.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
+
+    recover = command("recover", "take back runs and queue items whose lease expired")
+    recover.add_argument("--now", default=None, help="simulate this ISO time instead of the clock")
+
+    runs = command("runs", "list runs, most recently changed first")
+    runs.add_argument("--state", default=None, help="one of " + ", ".join(s.value for s in RunState))
+    runs.add_argument("--tenant", default=None)
+    runs.add_argument("--limit", type=int, default=50)
+
+    status = command("status", "per-tenant run counts and health")
+    status.add_argument("--tenant", default=None)
+
+    queue = command("queue", "queue statistics")
+    queue.add_argument("--items", action="store_true", help="also list items")
+    queue.add_argument("--status", default=None, help="with --items: only this status")
+    queue.add_argument("--limit", type=int, default=50)
+
+    demo = command("demo", "simulate a day of three tenants on a fresh SQLite file")
+    demo.add_argument("--file", default="pipestate-demo.db", help="SQLite file to (re)create")
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--db", default=default(None), help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+    parser.add_argument("--bigquery-project", default=default(None))
+    parser.add_argument("--bigquery-dataset", default=default(None))
+    parser.add_argument("--bigquery-location", default=default(None))
+    parser.add_argument("--json", action="store_true", default=default(False), help="JSON output")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="log to stderr")
+    parser.add_argument("--traceback", action="store_true", default=default(False), help=argparse.SUPPRESS)
+
+
+# --------------------------------------------------------------------------- entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    traceback = "--traceback" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+        return asyncio.run(_dispatch(args))
+    except UsageError as exc:
+        return _error(str(exc), EXIT_USAGE)
+    except (InvalidInput, NotFound) as exc:
+        if traceback:
+            raise
+        return _error(str(exc), EXIT_USAGE)
+    except PipestateError as exc:
+        if traceback:
+            raise
+        return _error(_hint(str(exc)), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    except Exception as exc:
+        if traceback:
+            raise
+        return _error(f"unexpected {type(exc).__name__}: {exc} (rerun with --traceback)", EXIT_FAILURE)
+
+
+def _error(message: str, code: int) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _hint(message: str) -> str:
+    if "no such table" in message:
+        return f"{message.splitlines()[0]} (run '{PROG} init' first?)"
+    return message
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from adapters.cli.demo import run_demo
+
+        return await run_demo(args.file if args.db is None else args.db, sys.stdout)
+    options = StoreOptions(args.db, args.bigquery_project, args.bigquery_dataset, args.bigquery_location)
+    handler = _load_handler(args.handler) if args.command == "worker" else None
+    storage = open_store(options)
+    try:
+        if args.command == "init" or is_sqlite(options):
+            await storage.create_schema()  # idempotent; cheap on SQLite, explicit elsewhere
+        if args.command == "init":
+            _say(args, {"initialized": options.describe()}, f"initialized {options.describe()}")
+            return EXIT_OK
+        if args.command == "worker":
+            assert handler is not None
+            return await _worker(args, storage, handler)
+        command = _COMMANDS[
+            args.command if args.command != "schedule" else f"schedule {args.schedule_command}"
+        ]
+        return await command(args, storage)
+    finally:
+        await storage.close()
+
+
+def _say(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        print_json(data)
+    else:
+        print(text)
+
+
+# --------------------------------------------------------------------------- schedules
+async def _schedule_add(args: argparse.Namespace, storage: Storage) -> int:
+    retry_on = None
+    if args.retry_on:
+        retry_on = tuple(name.strip() for name in args.retry_on.split(",") if name.strip())
+    policy = RetryPolicy(
+        max_retries=args.max_retries,
+        base_delay=args.retry_delay,
+        max_delay=max(args.retry_max_delay, args.retry_delay),
+        retry_on_errors=retry_on,
+    )
+    schedule = await ScheduleManager(storage).add(
+        args.tenant,
+        args.config_id,
+        args.cron,
+        args.timezone,
+        priority=args.priority,
+        enabled=not args.disabled,
+        retry_policy=policy,
+        catchup=args.catchup,
+        max_catchup_runs=args.max_catchup_runs,
+        misfire_grace_seconds=args.misfire_grace,
+        dst_gap=args.dst_gap,
+        dst_fold=args.dst_fold,
+        config=_json_object("--config", args.config),
+        start=_instant("--start", args.start),
+    )
+    _say(
+        args,
+        schedule,
+        f"added schedule {schedule.tenant_id}/{schedule.config_id} ({schedule.cron} {schedule.timezone});"
+        f" next run {fmt_time(schedule.next_fire_time)} UTC",
+    )
+    return EXIT_OK
+
+
+async def _schedule_list(args: argparse.Namespace, storage: Storage) -> int:
+    schedules = await ScheduleManager(storage).list(tenant_id=args.tenant)
+    if args.json:
+        print_json(schedules)
+    else:
+        print(schedule_table(schedules))
+    return EXIT_OK
+
+
+def schedule_table(schedules: Sequence[PipelineSchedule]) -> str:
+    rows = [
+        (
+            s.tenant_id,
+            s.config_id,
+            s.cron,
+            s.timezone,
+            s.priority,
+            "yes" if s.enabled else "paused",
+            s.catchup.value,
+            _local(s.next_fire_time, s.timezone),
+            _local(s.last_scheduled_time, s.timezone),
+        )
+        for s in schedules
+    ]
+    headers = (
+        "TENANT",
+        "CONFIG",
+        "CRON",
+        "ZONE",
+        "PRIO",
+        "ENABLED",
+        "CATCHUP",
+        "NEXT (local)",
+        "LAST (local)",
+    )
+    return table(headers, rows, right=[4]) if rows else "no schedules"
+
+
+def _local(instant: datetime | None, zone: str) -> str:
+    if instant is None:
+        return "-"
+    from zoneinfo import ZoneInfo
+
+    return instant.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+async def _schedule_pause(args: argparse.Namespace, storage: Storage) -> int:
+    schedule = await ScheduleManager(storage).pause(args.tenant, args.config_id)
+    _say(args, schedule, f"paused {schedule.tenant_id}/{schedule.config_id}")
+    return EXIT_OK
+
+
+async def _schedule_resume(args: argparse.Namespace, storage: Storage) -> int:
+    schedule = await ScheduleManager(storage).resume(args.tenant, args.config_id)
+    _say(
+        args,
+        schedule,
+        f"resumed {schedule.tenant_id}/{schedule.config_id};"
+        f" next run {fmt_time(schedule.next_fire_time)} UTC",
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- tick, recover
+async def _tick(args: argparse.Namespace, storage: Storage) -> int:
+    progress = None if args.json else (lambda line: print(line, file=sys.stderr))
+    scheduler = Scheduler(storage, batch_size=_positive("--batch-size", args.batch_size), progress=progress)
+    report = await scheduler.tick(_instant("--now", args.now))
+    _say(
+        args,
+        report,
+        f"tick at {fmt_time(report.now)} UTC: {report.due_schedules} due schedules, "
+        f"{report.runs_created} runs created ({report.runs_skipped} skipped slots), "
+        f"{report.runs_promoted} runs due, {report.items_enqueued} queued",
+    )
+    return EXIT_OK
+
+
+async def _recover(args: argparse.Namespace, storage: Storage) -> int:
+    report = await Recovery(storage).run_once(_instant("--now", args.now))
+    if args.json:
+        print_json(report)
+        return EXIT_OK
+    print(
+        f"recovery at {fmt_time(report.now)} UTC: {report.expired_runs} expired runs "
+        f"({report.retried} retried), {report.released_items} items released, "
+        f"{report.failed_items} items failed, {report.requeued_runs} runs re-queued"
+    )
+    for run in report.runs:
+        then = f"retry at {fmt_time(run.retry_at)}" if run.retry_at else "no retry left"
+        print(f"  {short(run.run_id)} {run.tenant_id}/{run.config_id} (worker {run.worker_id}): {then}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- worker
+def _load_handler(spec: str) -> Handler:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise InvalidArgument("--handler", spec, "expected module:function")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: handlers next to where you run it
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidArgument("--handler", spec, f"cannot import {module_name!r}: {exc}") from None
+    handler: Any = module
+    for part in attribute.split("."):
+        handler = getattr(handler, part, None)
+        if handler is None:
+            raise InvalidArgument("--handler", spec, f"{module_name!r} has no attribute {attribute!r}")
+    if not callable(handler):
+        raise InvalidArgument("--handler", spec, "is not callable")
+    loaded: Handler = handler
+    return loaded
+
+
+async def _worker(args: argparse.Namespace, storage: Storage, handler: Handler) -> int:
+    def report(result: WorkResult) -> None:
+        if args.json:
+            print(json.dumps({k: v for k, v in _result_dict(result).items() if v is not None}), flush=True)
+        else:
+            print(describe_result(result), flush=True)
+
+    worker = Worker(
+        handler,
+        storage,
+        worker_id=args.worker_id,
+        concurrency=_positive("--concurrency", args.concurrency),
+        lease=timedelta(seconds=_positive("--lease", args.lease)),
+        heartbeat_interval=args.heartbeat,
+        poll_interval=_positive("--poll", args.poll),
+        on_result=report,
+    )
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def stop(signum: signal.Signals) -> None:
+        print(
+            f"{PROG}: {signum.name}: finishing the current runs, taking no more", file=sys.stderr, flush=True
+        )
+        worker.stop()
+        loop.remove_signal_handler(signum)  # a second signal takes the default action
+
+    for signum in signals:
+        loop.add_signal_handler(signum, stop, signum)
+    print(
+        f"worker {worker.worker_id} started (concurrency {args.concurrency}, lease {args.lease:g}s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        processed = await worker.run(max_items=args.max_items, exit_when_idle=args.exit_when_idle)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    print(f"worker {worker.worker_id} stopped after {processed} items", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+def _result_dict(result: WorkResult) -> dict[str, Any]:
+    data: dict[str, Any] = to_jsonable(result)
+    return data
+
+
+def describe_result(result: WorkResult) -> str:
+    name = f"{result.tenant_id}/{result.config_id}"
+    head = f"{result.outcome.value:<15} run {short(result.run_id)} {name} attempt {result.attempt}"
+    if result.outcome is Outcome.RETRY_SCHEDULED:
+        error = f"{result.error_type}: {clip(result.error_message)}"
+        return f"{head}: {error} -> retry at {fmt_time(result.retry_at)}"
+    if result.outcome is Outcome.FAILED:
+        return f"{head}: {result.error_type}: {clip(result.error_message)} (no retry)"
+    return head
+
+
+# --------------------------------------------------------------------------- reports
+async def _runs(args: argparse.Namespace, storage: Storage) -> int:
+    states = [RunState.parse(args.state)] if args.state else None
+    runs = await storage.find_runs(
+        RunFilter(states=states, tenant_id=args.tenant),
+        order=RunOrder.UPDATED_DESC,
+        limit=_positive("--limit", args.limit),
+    )
+    if args.json:
+        print_json(runs)
+    else:
+        print(run_table(runs))
+    return EXIT_OK
+
+
+def run_table(runs: Sequence[PipelineRun]) -> str:
+    rows = [
+        (
+            short(r.run_id),
+            r.tenant_id,
+            r.config_id,
+            fmt_time(r.scheduled_time),
+            r.state.value,
+            r.attempt,
+            r.retry_count,
+            r.worker_id,
+            clip(f"{r.error_type}: {r.error_message}" if r.error_type else None, 40),
+        )
+        for r in runs
+    ]
+    headers = ("RUN", "TENANT", "CONFIG", "SCHEDULED (UTC)", "STATE", "ATTEMPT", "RETRIES", "WORKER", "ERROR")
+    return table(headers, rows, right=[5, 6]) if rows else "no runs"
+
+
+STATUS_COLUMNS = (
+    RunState.SCHEDULED,
+    RunState.PENDING,
+    RunState.RUNNING,
+    RunState.COMPLETED,
+    RunState.FAILED,
+    RunState.SKIPPED,
+    RunState.CANCELLED,
+)
+
+
+async def tenant_statuses(storage: Storage, tenant: str | None) -> list[Any]:
+    manager = PipelineStateManager(storage)
+    if tenant is not None:
+        tenants = [tenant]
+    else:
+        tenants = sorted({s.tenant_id for s in await storage.list_schedules()})
+    return [await manager.get_customer_pipeline_status(t) for t in tenants]
+
+
+async def _status(args: argparse.Namespace, storage: Storage) -> int:
+    statuses = await tenant_statuses(storage, args.tenant)
+    if args.json:
+        print_json([_status_dict(s) for s in statuses])
+    else:
+        print(status_table(statuses))
+    return EXIT_OK
+
+
+def _status_dict(status: Any) -> dict[str, Any]:
+    def brief(run: PipelineRun | None) -> dict[str, Any] | None:
+        if run is None:
+            return None
+        return {
+            "run_id": run.run_id,
+            "config_id": run.config_id,
+            "scheduled_time": run.scheduled_time.isoformat(),
+            "completed_at": run.completed_at.isoformat() if run.completed_at else None,
+            "error_type": run.error_type,
+            "error_message": run.error_message,
+        }
+
+    return {
+        "tenant_id": status.tenant_id,
+        "counts": {state.value: status.count(state) for state in RunState},
+        "total": status.total,
+        "success_rate": status.success_rate,
+        "oldest_pending_age_seconds": status.oldest_pending_age_seconds,
+        "last_completed": brief(status.last_completed),
+        "last_failed": brief(status.last_failed),
+    }
+
+
+def status_table(statuses: Sequence[Any]) -> str:
+    rows = []
+    for s in statuses:
+        rate = "-" if s.success_rate is None else f"{s.success_rate:.0%}"
+        failed = s.last_failed
+        last_error = f"{failed.config_id}: {failed.error_type}" if failed is not None else None
+        rows.append(
+            (
+                s.tenant_id,
+                *(s.count(state) for state in STATUS_COLUMNS),
+                s.total,
+                rate,
+                fmt_age(s.oldest_pending_age_seconds),
+                clip(last_error, 36),
+            )
+        )
+    headers = (
+        "TENANT",
+        *(st.value for st in STATUS_COLUMNS),
+        "TOTAL",
+        "SUCCESS",
+        "OLDEST PENDING",
+        "LAST FAILURE",
+    )
+    return table(headers, rows, right=range(1, 10)) if rows else "no tenants (add a schedule first)"
+
+
+async def _queue(args: argparse.Namespace, storage: Storage) -> int:
+    stats = await storage.queue_stats(SYSTEM_CLOCK.now())
+    items = []
+    if args.items:
+        status = QueueStatus.parse(args.status) if args.status else None
+        items = await storage.find_queue_items(status=status, limit=_positive("--limit", args.limit))
+    if args.json:
+        print_json({"stats": stats, "items": items} if args.items else stats)
+        return EXIT_OK
+    print(queue_stats_text(stats))
+    if args.items:
+        rows = [
+            (
+                short(i.queue_id),
+                short(i.run_id),
+                i.tenant_id,
+                i.priority,
+                i.status.value,
+                i.attempts,
+                i.worker_id,
+            )
+            for i in items
+        ]
+        print()
+        print(table(("ITEM", "RUN", "TENANT", "PRIO", "STATUS", "CLAIMS", "WORKER"), rows, right=[3, 5]))
+    return EXIT_OK
+
+
+def queue_stats_text(stats: Any) -> str:
+    by_status = table(
+        ("STATUS", "ITEMS"), [(s.value, stats.by_status.get(s, 0)) for s in QueueStatus], right=[1]
+    )
+    waiting = ", ".join(f"p{p}: {n}" for p, n in sorted(stats.waiting_by_priority.items())) or "none"
+    avg = fmt_age(stats.avg_wait_seconds)
+    p95 = fmt_age(stats.p95_wait_seconds)
+    oldest = fmt_age(stats.oldest_waiting_age_seconds)
+    return (
+        f"{by_status}\n\nwaiting by priority: {waiting}\n"
+        f"wait before claim: avg {avg}, p95 {p95}; oldest waiting item: {oldest}"
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+def _instant(option: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(option, value, "expected an ISO time such as 2026-03-08T06:00:00Z") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _json_object(option: str, value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgument(option, value, f"not JSON ({exc.msg})") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument(option, value, "must be a JSON object")
+    return parsed
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _positive(option: str, value: _N) -> _N:
+    if value <= 0:
+        raise InvalidArgument(option, value, "must be > 0")
+    return value
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Storage], Awaitable[int]]] = {
+    "schedule add": _schedule_add,
+    "schedule list": _schedule_list,
+    "schedule pause": _schedule_pause,
+    "schedule resume": _schedule_resume,
+    "tick": _tick,
+    "recover": _recover,
+    "runs": _runs,
+    "status": _status,
+    "queue": _queue,
+}
