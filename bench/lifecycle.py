@@ -1,9 +1,10 @@
 """Queue lifecycle throughput on a SQLite file: pipestate's public async API against raw sqlite3.
 
 One lifecycle = enqueue -> dequeue (atomic claim) -> mark_completed: three write transactions.
-The baseline is a plain ``sqlite3`` loop doing the same three transactions on the same kind of
-file (WAL, synchronous=NORMAL, BEGIN IMMEDIATE claims with UPDATE … RETURNING), measured in the
-same run, so the printed ratio does not depend on the machine. Target: ours >= 0.5x raw.
+The baseline is a plain ``sqlite3`` loop doing the same three transactions (the same SQL, on the
+same table and indexes, created by pipestate's ``create_schema``; WAL, synchronous=NORMAL,
+BEGIN IMMEDIATE, UPDATE … RETURNING claims), measured in the same run, so the printed ratio does
+not depend on the machine. Target: ours >= 0.5x raw.
 
     python bench/lifecycle.py [--items 3000] [--processes 1 4]
 """
@@ -29,16 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adapters.sqlalchemy import SqlAlchemyStorage
 from application import QueueManager
 
-RAW_SCHEMA = """
-CREATE TABLE IF NOT EXISTS q (
-    queue_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, config TEXT NOT NULL, priority INTEGER NOT NULL,
-    created_at TEXT NOT NULL, status TEXT NOT NULL, worker_id TEXT, claim_token TEXT, claimed_at TEXT,
-    lease_expires_at TEXT, completed_at TEXT, attempts INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS ix_q_claim ON q (status, priority, created_at, queue_id);
-"""
-
 
 # --------------------------------------------------------------------------- raw sqlite3 baseline
 def _raw_connect(path: str) -> sqlite3.Connection:
@@ -53,43 +44,41 @@ def raw_worker(path: str, items: int, worker: str) -> float:
     conn = _raw_connect(path)
     started = time.perf_counter()
     for i in range(items):
-        now = datetime.now(UTC)
-        queue_id = f"{worker}-{i}-{secrets.token_hex(4)}"
+        now = datetime.now(UTC).replace(tzinfo=None)
+        stamp = now.isoformat(" ", "microseconds")
+        lease = (now + timedelta(minutes=5)).isoformat(" ", "microseconds")
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
-            "INSERT INTO q (queue_id, tenant_id, config, priority, created_at, status)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (queue_id, "tenant", json.dumps({"i": i}), 5, now.isoformat(), "QUEUED"),
+            "INSERT INTO x_meta_pipeline_queue (queue_id, tenant_id, config, priority, created_at, status,"
+            " run_id, version, attempts, worker_id, claim_token, claimed_at, lease_expires_at, completed_at,"
+            " error_message, updated_at) VALUES (?, ?, ?, ?, ?, 'QUEUED', NULL, 1, 0, NULL, NULL, NULL, NULL,"
+            " NULL, NULL, ?) ON CONFLICT (queue_id) DO NOTHING",
+            (f"{worker}-{i}-{secrets.token_hex(4)}", "tenant", json.dumps({"i": i}), 5, stamp, stamp),
         )
         conn.execute("COMMIT")
-        token = secrets.token_hex(16)
         conn.execute("BEGIN IMMEDIATE")
         row = conn.execute(
-            "UPDATE q SET status = 'PROCESSING', worker_id = ?, claim_token = ?, claimed_at = ?,"
-            " lease_expires_at = ?, attempts = attempts + 1, version = version + 1"
-            " WHERE queue_id IN (SELECT queue_id FROM q WHERE status = 'QUEUED'"
-            " ORDER BY priority, created_at, queue_id LIMIT 1) RETURNING *",
-            (worker, token, now.isoformat(), (now + timedelta(minutes=5)).isoformat()),
+            "UPDATE x_meta_pipeline_queue SET status = 'PROCESSING', worker_id = ?, claim_token = ?,"
+            " claimed_at = ?, lease_expires_at = ?, updated_at = ?, attempts = attempts + 1,"
+            " version = version + 1 WHERE queue_id IN (SELECT queue_id FROM x_meta_pipeline_queue"
+            " WHERE status = 'QUEUED' ORDER BY priority, created_at, queue_id LIMIT 1)"
+            " AND status = 'QUEUED' RETURNING *",
+            (worker, secrets.token_hex(16), stamp, lease, stamp),
         ).fetchone()
         conn.execute("COMMIT")
         if row is None:
             continue
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
-            "UPDATE q SET status = 'COMPLETED', completed_at = ?, version = version + 1"
-            " WHERE queue_id = ? AND status = 'PROCESSING'",
-            (now.isoformat(), row[0]),
+            "UPDATE x_meta_pipeline_queue SET status = 'COMPLETED', completed_at = ?, updated_at = ?,"
+            " lease_expires_at = NULL, version = version + 1"
+            " WHERE queue_id = ? AND status = 'PROCESSING' AND claim_token = ?",
+            (stamp, stamp, row[0], row[10]),
         )
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()
     return elapsed
-
-
-def raw_setup(path: str) -> None:
-    conn = _raw_connect(path)
-    conn.executescript(RAW_SCHEMA)
-    conn.close()
 
 
 # --------------------------------------------------------------------------- pipestate
@@ -124,8 +113,8 @@ def ours_setup(path: str) -> None:
 def measure(kind: str, processes: int, items: int, workdir: Path) -> float:
     """Lifecycles per second over all processes."""
     path = str(workdir / f"{kind}-{processes}-{secrets.token_hex(3)}.db")
-    setup, worker = (raw_setup, raw_worker) if kind == "raw" else (ours_setup, ours_worker)
-    setup(path)
+    ours_setup(path)  # both sides run on the same schema: pipestate's table and indexes
+    worker = raw_worker if kind == "raw" else ours_worker
     per_process = items // processes
     started = time.perf_counter()
     if processes == 1:

@@ -28,9 +28,9 @@ class RunOrder(StrEnum):
     SCHEDULED_ASC = "scheduled_asc"
     """Oldest scheduled_time first (then run_id)."""
     COMPLETED_DESC = "completed_desc"
-    """Newest completed_at first (then run_id)."""
+    """Newest completed_at first, runs without completed_at last (then run_id)."""
     UPDATED_DESC = "updated_desc"
-    """Most recently changed first (then run_id)."""
+    """Most recently changed first, runs without updated_at last (then run_id)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class RunRepository(Protocol):
         """Insert the runs whose run_id is absent, in one statement/transaction.
 
         Returns the number of rows inserted (0 when all existed). Duplicate ids within the batch
-        are inserted once.
+        are inserted once. Rows are never duplicated; after a transient failure whose first
+        attempt was applied but unanswered, the count may undercount what that attempt inserted.
         """
         ...
 
@@ -123,7 +124,8 @@ class QueueRepository(Protocol):
         Takes the highest priority first (1 before 10), oldest ``created_at`` first within a
         priority (then queue_id). Each claimed item becomes PROCESSING with worker_id,
         claim_token, claimed_at=now, lease_expires_at, attempts+1 and version+1, and is returned
-        in that order. No item is ever returned to two concurrent callers.
+        in that order. No item is ever returned to two concurrent callers. ``claim_token`` must
+        be unique per call (adapters use it to read back, or to recognise a retried claim).
         """
         ...
 
