@@ -607,18 +607,9 @@ class SqlAlchemyStorage:
 
     async def update_runs(self, pairs: Sequence[tuple[PipelineRun, int]]) -> int:
         batch = [_cas_params(run_to_row(r), _RUN_MUTABLE, r.run_id, v) for r, v in pairs]
-
-        def update(conn: Connection) -> int:
-            applied = 0
-            for params in batch:
-                if conn.execute(_UPDATE_RUN, params).rowcount == 1:
-                    applied += 1
-                elif self._lost_commit():
-                    row = conn.execute(_GET_RUN, {"b_id": params["b_id"]}).mappings().first()
-                    applied += row is not None and _holds(row, params, _RUN_MUTABLE)
-            return applied
-
-        return await self._run(True, update) if batch else 0
+        return (
+            await self._run(True, self._batch_cas(_UPDATE_RUN, _GET_RUN, _RUN_MUTABLE, batch)) if batch else 0
+        )
 
     async def find_runs(
         self, criteria: RunFilter, *, order: RunOrder = RunOrder.SCHEDULED_ASC, limit: int | None = None
@@ -627,9 +618,9 @@ class SqlAlchemyStorage:
         if order is RunOrder.SCHEDULED_ASC:
             stmt = stmt.order_by(runs.c.scheduled_time, runs.c.run_id)
         elif order is RunOrder.COMPLETED_DESC:
-            stmt = stmt.order_by(runs.c.completed_at.desc(), runs.c.run_id)
+            stmt = stmt.order_by(runs.c.completed_at.desc().nulls_last(), runs.c.run_id)
         else:
-            stmt = stmt.order_by(runs.c.updated_at.desc(), runs.c.run_id)
+            stmt = stmt.order_by(runs.c.updated_at.desc().nulls_last(), runs.c.run_id)
         if limit is not None:
             stmt = stmt.limit(limit)
 
@@ -866,18 +857,28 @@ class SqlAlchemyStorage:
 
     async def update_schedules(self, pairs: Sequence[tuple[PipelineSchedule, int]]) -> int:
         batch = [_cas_params(schedule_to_row(s), _SCHEDULE_MUTABLE, s.schedule_id, v) for s, v in pairs]
+        if not batch:
+            return 0
+        return await self._run(
+            True, self._batch_cas(_UPDATE_SCHEDULE, _GET_SCHEDULE, _SCHEDULE_MUTABLE, batch)
+        )
 
-        def update(conn: Connection) -> int:
+    def _batch_cas(
+        self, update: sa.Update, get: sa.Select[Any], mutable: tuple[str, ...], batch: list[dict[str, Any]]
+    ) -> Callable[[Connection], int]:
+        """One transaction of compare-and-sets; after a lost commit, a row holding our values counts."""
+
+        def update_all(conn: Connection) -> int:
             applied = 0
             for params in batch:
-                if conn.execute(_UPDATE_SCHEDULE, params).rowcount == 1:
+                if conn.execute(update, params).rowcount == 1:
                     applied += 1
                 elif self._lost_commit():
-                    row = conn.execute(_GET_SCHEDULE, {"b_id": params["b_id"]}).mappings().first()
-                    applied += row is not None and _holds(row, params, _SCHEDULE_MUTABLE)
+                    row = conn.execute(get, {"b_id": params["b_id"]}).mappings().first()
+                    applied += row is not None and _holds(row, params, mutable)
             return applied
 
-        return await self._run(True, update) if batch else 0
+        return update_all
 
     async def due_schedules(self, now: datetime, limit: int) -> list[PipelineSchedule]:
         stmt = (

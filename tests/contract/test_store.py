@@ -143,8 +143,12 @@ async def test_find_runs_newest_completed_first(
         version = run.version
         run.cancel(clock.now() + timedelta(minutes=minutes))
         await storage.update_run(run, version)
-    newest = await storage.find_runs(RunFilter(states=[RunState.CANCELLED]), order=RunOrder.COMPLETED_DESC)
-    assert [r.run_id for r in newest] == [runs[0].run_id, runs[2].run_id, runs[1].run_id]
+    unfinished = run_factory()
+    await storage.insert_runs([unfinished])
+
+    newest = await storage.find_runs(RunFilter(), order=RunOrder.COMPLETED_DESC)
+
+    assert [r.run_id for r in newest] == [runs[0].run_id, runs[2].run_id, runs[1].run_id, unfinished.run_id]
 
 
 async def test_counts_by_state(storage: Storage, run_factory: RunFactory, clock: FrozenClock) -> None:
