@@ -1,13 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from domain.clock import FrozenClock
+from domain.ports import Storage
 from domain.run import PipelineRun
+from tests.support.backends import BACKENDS
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -36,3 +39,10 @@ def run_factory(clock: FrozenClock) -> Callable[..., PipelineRun]:
         return run
 
     return make
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    """A fresh, schema-ready store per test, once per backend (skips locally, fails in CI if missing)."""
+    async with BACKENDS[request.param](tmp_path) as store:
+        yield store

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from application import Recovery, ScheduleManager, Scheduler
 from domain.clock import FrozenClock
 from domain.ports import Storage
-from tests.support.backends import BACKENDS
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    async with BACKENDS[request.param](tmp_path) as store:
-        yield store
 
 
 @pytest.fixture
