@@ -154,7 +154,7 @@ async def test_tick_cost_grows_with_pages_not_with_schedules(
         await schedules.add(f"t{i % 4}", f"c{i}", "0 * * * *", start=T0)
     counting = CountingStorage(storage)
 
-    one_page = await Scheduler(counting, clock=clock, batch_size=1000).tick(T0 + timedelta(minutes=1))  # type: ignore[arg-type]
+    one_page = await Scheduler(counting, clock=clock, batch_size=1000).tick(T0 + timedelta(minutes=1))
 
     assert one_page.due_schedules == 12 and one_page.items_enqueued == 12
     assert counting.calls == [
@@ -168,7 +168,7 @@ async def test_tick_cost_grows_with_pages_not_with_schedules(
     assert one_page.port_calls == len(counting.calls)
 
     counting.calls.clear()
-    paged = await Scheduler(counting, clock=clock, batch_size=5).tick(T0 + timedelta(hours=1, minutes=1))  # type: ignore[arg-type]
+    paged = await Scheduler(counting, clock=clock, batch_size=5).tick(T0 + timedelta(hours=1, minutes=1))
 
     assert paged.due_schedules == 12 and paged.items_enqueued == 12
     assert len(counting.calls) == paged.port_calls == 3 * 3 + 3 * 3  # 3 pages of schedules, 3 of runs

@@ -335,7 +335,7 @@ def _stop_shared() -> None:
     global _shared, _shared_client
     with _shared_lock:
         if _shared_client is not None:
-            _shared_client.close()
+            _shared_client.close()  # type: ignore[no-untyped-call]
             _shared_client = None
         if _shared is not None:
             _shared.stop()

@@ -37,7 +37,7 @@ def _worker(emulator: BigQueryEmulator, dataset: str, name: str, out: dict[str, 
             return claimed
         finally:
             await storage.close()
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
 
     out[name] = asyncio.run(work())
 

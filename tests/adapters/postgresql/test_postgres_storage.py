@@ -28,15 +28,17 @@ def item(queue_id: str, priority: int, created_at: datetime) -> QueueItem:
     )
 
 
-def plan(admin: sa.Engine, statement: sa.Executable, params: dict[str, object]) -> str:
-    compiled = statement.compile(dialect=postgresql.psycopg.dialect())  # type: ignore[attr-defined]
+def plan(admin: sa.Engine, statement: sa.ClauseElement, params: dict[str, object]) -> str:
+    dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+    compiled = statement.compile(dialect=dialect)
     with admin.connect() as conn:
         rows = conn.exec_driver_sql(f"EXPLAIN {compiled}", {**compiled.params, **params}).scalars()
         return "\n".join(rows)
 
 
 def test_claim_locks_its_pick_once_with_skip_locked_in_a_cte() -> None:
-    sql = " ".join(str(_CLAIM_POSTGRES.compile(dialect=postgresql.dialect())).split())
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    sql = " ".join(str(_CLAIM_POSTGRES.compile(dialect=dialect)).split())
 
     assert sql.startswith("WITH picked AS (SELECT")
     assert "LIMIT %(b_limit)s FOR UPDATE SKIP LOCKED)" in sql
@@ -73,7 +75,7 @@ async def test_columns_are_native_timestamptz_and_jsonb(
     pg_storage: SqlAlchemyStorage, admin: sa.Engine
 ) -> None:
     with admin.connect() as conn:
-        types = dict(
+        types: dict[str, str] = dict(
             conn.exec_driver_sql(
                 "SELECT column_name, data_type FROM information_schema.columns "
                 "WHERE table_schema = current_schema() AND table_name = %(t)s",
@@ -226,7 +228,7 @@ def test_plain_postgresql_url_uses_psycopg_3() -> None:
     storage = SqlAlchemyStorage.from_url("postgresql://postgres@127.0.0.1:5432/test")
     try:
         assert storage.engine.dialect.driver == "psycopg"
-        assert storage.engine.pool._pre_ping  # type: ignore[attr-defined]
+        assert storage.engine.pool._pre_ping
     finally:
         asyncio.run(storage.close())
 
