@@ -287,6 +287,7 @@ class SqlAlchemyStorage:
         name = engine.dialect.name
         self._hot: QueueHotPath | None = None
         self._inline: tuple[Connection, sqlite3.Connection] | None = None
+        self._inline_thread: int | None = None
         if name not in _DIALECTS:
             raise StorageError(f"unsupported SQLAlchemy dialect {name!r} (use sqlite or postgresql)")
         self._engine = engine
@@ -453,7 +454,13 @@ class SqlAlchemyStorage:
         return await loop.run_in_executor(self._executor, self._hot_transaction, name, fn)
 
     def _inline_connection(self) -> sqlite3.Connection | None:
-        """The event loop thread's own connection to a SQLite *file* (busy timeout 0), or None."""
+        """The event loop thread's own connection to a SQLite *file* (busy timeout 0), or None.
+
+        It belongs to the first thread that asks; calls from any other thread use the storage's
+        thread instead, so the connection is never shared between threads.
+        """
+        if self._inline_thread is not None and self._inline_thread != threading.get_ident():
+            return None
         if self._inline is None:
             if self._engine.url.database in (None, "", ":memory:"):
                 return None  # one shared in-memory connection: only the storage's thread uses it
@@ -462,6 +469,7 @@ class SqlAlchemyStorage:
             assert isinstance(dbapi, sqlite3.Connection)
             dbapi.execute("PRAGMA busy_timeout = 0")
             self._inline = (conn, dbapi)
+            self._inline_thread = threading.get_ident()
         return self._inline[1]
 
     def _hot_transaction(self, name: str, fn: Callable[[sqlite3.Cursor], T]) -> T:

@@ -86,3 +86,32 @@ async def test_the_file_is_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> No
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     await storage.close()
+
+
+def test_one_storage_shared_by_event_loops_in_two_threads_claims_each_item_once(tmp_path: Path) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'threads.db'}"
+    expected = asyncio.run(_fill(url))
+    storage = SqlAlchemyStorage.from_url(url)
+    claimed: list[list[str]] = [[], []]
+
+    def drain(slot: int) -> None:
+        async def main() -> None:
+            queue = QueueManager(storage)
+            while (item := await queue.dequeue(f"thread-{slot}")) is not None:
+                claimed[slot].append(item.queue_id)
+                await queue.mark_completed(item.queue_id, claim_token=item.claim_token)
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=drain, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    asyncio.run(storage.close())
+
+    everything = claimed[0] + claimed[1]
+    assert claimed[0] and claimed[1]
+    assert len(everything) == len(set(everything)) == ITEMS and set(everything) == expected
