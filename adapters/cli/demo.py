@@ -35,6 +35,7 @@ from domain.run import PipelineRun, RunState
 DAY: Final = datetime(2026, 3, 8, tzinfo=UTC)
 STEP: Final = timedelta(minutes=5)
 LEASE: Final = timedelta(minutes=2)
+DRAIN_ROUND_SECONDS: Final = 15
 KILL_AT: Final = DAY + timedelta(hours=14)
 
 SCHEDULES: Final[Sequence[dict[str, Any]]] = (
@@ -227,6 +228,9 @@ class _Demo:
 
     async def _drain(self) -> None:
         while True:
+            # Workers poll, and each round of work takes simulated time: items queued by the tick
+            # wait a little before their claim, later items in a busy slot wait longer.
+            self.clock.advance(seconds=DRAIN_ROUND_SECONDS)
             batches = await asyncio.gather(*(w.run_once() for w in self.workers))
             if not any(batches):
                 return
