@@ -25,30 +25,44 @@ from adapters.sqlalchemy.tables import UtcDateTime
 T = TypeVar("T")
 
 _DIALECT: Final = sqlite.dialect()
-_TIMESTAMP_FORMAT: Final = "%Y-%m-%d %H:%M:%S.%f"  # what SQLAlchemy's SQLite DATETIME stores
 
 
 class CompiledStatement:
     """A Core statement compiled once for SQLite: SQL text plus positional parameter names."""
 
     def __init__(self, statement: sa.Executable, column_keys: Sequence[str] | None = None) -> None:
-        self._compiled = statement.compile(  # type: ignore[attr-defined]
+        compiled = statement.compile(  # type: ignore[attr-defined]
             dialect=_DIALECT, column_keys=list(column_keys) if column_keys else None
         )
-        self.sql: str = self._compiled.string
-        self.names: tuple[str, ...] = tuple(self._compiled.positiontup or ())
+        self.sql: str = compiled.string
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        # Values baked into the statement (status = 'QUEUED', version + 1 …): encoded once.
+        self._constants: dict[str, Any] = {
+            name: _encode(compiled.binds[name].value)
+            for name in self.names
+            if not compiled.binds[name].required and compiled.binds[name].callable is None
+        }
 
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Positional parameters: ``values`` plus the statement's own constants, encoded."""
-        params = self._compiled.construct_params(values)
-        return tuple(_encode(params[name]) for name in self.names)
+        """Positional parameters: the statement's constants, and ``values`` encoded.
+
+        Raises:
+            KeyError: a required parameter is missing from ``values``.
+        """
+        constants = self._constants
+        return tuple(constants[n] if n in constants else _encode(values[n]) for n in self.names)
 
 
 def _encode(value: Any) -> Any:
+    kind = type(value)
+    if value is None or kind is str or kind is int or kind is float:
+        return value
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("naive datetime reached the storage layer")
-        return value.astimezone(UTC).strftime(_TIMESTAMP_FORMAT)
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")  # SQLAlchemy's SQLite format
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, dict | list):
