@@ -30,23 +30,21 @@ def unavailable(reason: str) -> None:
 
 
 @asynccontextmanager
-async def sqlite_memory(_tmp: Path) -> AsyncIterator[Storage]:
-    storage = SqlAlchemyStorage.from_url("sqlite://")
-    await storage.create_schema()
+async def _ready(storage: Storage) -> AsyncIterator[Storage]:
+    """``storage`` with its schema created, closed afterwards."""
     try:
+        await storage.create_schema()
         yield storage
     finally:
         await storage.close()
 
 
-@asynccontextmanager
-async def sqlite_file(tmp: Path) -> AsyncIterator[Storage]:
-    storage = SqlAlchemyStorage.from_url(f"sqlite:///{tmp / 'pipestate.db'}")
-    await storage.create_schema()
-    try:
-        yield storage
-    finally:
-        await storage.close()
+def sqlite_memory(_tmp: Path) -> AbstractAsyncContextManager[Storage]:
+    return _ready(SqlAlchemyStorage.from_url("sqlite://"))
+
+
+def sqlite_file(tmp: Path) -> AbstractAsyncContextManager[Storage]:
+    return _ready(SqlAlchemyStorage.from_url(f"sqlite:///{tmp / 'pipestate.db'}"))
 
 
 POSTGRES_URL_ENV = "PIPESTATE_TEST_POSTGRES_URL"
@@ -109,12 +107,8 @@ def postgres_schema() -> Iterator[tuple[str, dict[str, Any]]]:
 @asynccontextmanager
 async def postgresql(_tmp: Path) -> AsyncIterator[Storage]:
     with postgres_schema() as (url, engine_kwargs):
-        storage = SqlAlchemyStorage.from_url(url, **engine_kwargs)
-        await storage.create_schema()
-        try:
+        async with _ready(SqlAlchemyStorage.from_url(url, **engine_kwargs)) as storage:
             yield storage
-        finally:
-            await storage.close()
 
 
 @asynccontextmanager
