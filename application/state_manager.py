@@ -13,7 +13,7 @@ from domain.clock import Clock
 from domain.errors import InvalidArgument, RunNotFound
 from domain.ports import RunFilter, RunOrder, Storage
 from domain.retry import RetryPolicy
-from domain.run import PipelineRun, RunState, require_id, trigger_for
+from domain.run import ACTIVE_STATES, PipelineRun, RunState, require_id, trigger_for
 from domain.status import TenantStatus
 
 DEFAULT_MANUAL_LEASE = timedelta(minutes=30)
@@ -207,7 +207,7 @@ class PipelineStateManager:
         require_id("run_id", run_id)
         now = self._clock.now()
         run = await self._load(run_id)
-        if run.state not in (RunState.SCHEDULED, RunState.PENDING, RunState.RUNNING):
+        if run.state not in ACTIVE_STATES:
             return False
         expected = run.version
         run.cancel(now, reason=reason)

@@ -29,7 +29,7 @@ from domain.errors import (
     StaleClaim,
     TransitionRejected,
 )
-from domain.retry import RetryPolicy
+from domain.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 
 LEASE_EXPIRED: Final = "LeaseExpired"
 
@@ -68,6 +68,7 @@ TERMINAL_STATES: Final = frozenset({RunState.COMPLETED, RunState.CANCELLED, RunS
 """States a run never leaves. FAILED is not terminal: ``retry`` leaves it."""
 
 ACTIVE_STATES: Final = frozenset({RunState.SCHEDULED, RunState.PENDING, RunState.RUNNING})
+"""States ``cancel`` leaves from."""
 
 
 # --------------------------------------------------------------------------- guards
@@ -278,7 +279,7 @@ class PipelineRun:
 
     @property
     def effective_retry_policy(self) -> RetryPolicy:
-        return self.retry_policy if self.retry_policy is not None else RetryPolicy()
+        return self.retry_policy if self.retry_policy is not None else DEFAULT_RETRY_POLICY
 
     # ------------------------------------------------------------------ the choke point
     def _fire(self, trigger: str, *, reason: str = "", **kwargs: Any) -> None:
