@@ -51,6 +51,7 @@ from adapters.rows import (
     run_to_row,
     schedule_from_row,
     schedule_to_row,
+    utc,
 )
 from adapters.sqlalchemy.sqlite_hotpath import QueueHotPath, write_transaction
 from adapters.sqlalchemy.tables import (
@@ -62,6 +63,7 @@ from adapters.sqlalchemy.tables import (
     schedules,
     schema_version,
 )
+from application.clock import SYSTEM_CLOCK
 from domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
 from domain.pipeline_schedule import PipelineSchedule
 from domain.ports import Capability, RunFilter, RunOrder
@@ -728,7 +730,7 @@ class SqlAlchemyStorage:
             return (
                 row is not None
                 and row["status"] == to_status.value
-                and _same_instant(row["updated_at"], now)
+                and row["updated_at"] == now
                 and (to_status is QueueStatus.QUEUED or claim_token in (None, row["claim_token"]))
             )
 
@@ -749,7 +751,7 @@ class SqlAlchemyStorage:
                 row is not None
                 and row["status"] == QueueStatus.PROCESSING.value
                 and row["claim_token"] == claim_token
-                and _same_instant(row["lease_expires_at"], lease_expires_at)
+                and row["lease_expires_at"] == lease_expires_at
             )
 
         return await self._run(True, extend)
@@ -874,9 +876,15 @@ class SqlAlchemyStorage:
     def _batch_cas(
         self, update: sa.Update, get: sa.Select[Any], mutable: tuple[str, ...], batch: list[dict[str, Any]]
     ) -> Callable[[Connection], int]:
-        """One transaction of compare-and-sets; after a lost commit, a row holding our values counts."""
+        """One transaction of compare-and-sets, sent as one executemany (the driver batches it).
+
+        While retrying a lost commit the pairs go one by one, so that a row already holding our
+        values (written by the attempt whose commit was lost) counts as applied.
+        """
 
         def update_all(conn: Connection) -> int:
+            if not self._lost_commit():
+                return int(conn.execute(update, batch).rowcount)
             applied = 0
             for params in batch:
                 if conn.execute(update, params).rowcount == 1:
@@ -931,10 +939,6 @@ def _describe(error: exc.DBAPIError) -> str:
     return f"{type(error.orig).__name__}{f' [{code}]' if code else ''}: {text}"
 
 
-def _same_instant(stored: datetime | None, expected: datetime | None) -> bool:
-    return stored == expected  # aware datetimes compare as instants
-
-
 def _holds(row: Any, params: dict[str, Any], columns: Collection[str]) -> bool:
     """Whether the stored ``row`` holds exactly the values a compare-and-set wrote."""
     return all(row[name] == params[name] for name in columns)
@@ -972,14 +976,10 @@ def _as_utc(value: Any) -> datetime:
     # Aggregates (MIN) bypass the column's TypeDecorator on SQLite and come back as text.
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    from adapters.rows import utc
-
     result = utc(value)
     assert result is not None
     return result
 
 
 def _utcnow() -> datetime:
-    from application.clock import SYSTEM_CLOCK
-
     return SYSTEM_CLOCK.now()
