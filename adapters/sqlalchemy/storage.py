@@ -290,6 +290,7 @@ class SqlAlchemyStorage:
         self._hot: QueueHotPath | None = None
         self._inline: tuple[Connection, sqlite3.Connection] | None = None
         self._inline_thread: int | None = None
+        self._inline_lock = threading.Lock()
         if name not in _DIALECTS:
             raise StorageError(f"unsupported SQLAlchemy dialect {name!r} (use sqlite or postgresql)")
         self._engine = engine
@@ -461,17 +462,20 @@ class SqlAlchemyStorage:
         It belongs to the first thread that asks; calls from any other thread use the storage's
         thread instead, so the connection is never shared between threads.
         """
-        if self._inline_thread is not None and self._inline_thread != threading.get_ident():
-            return None
+        me = threading.get_ident()
+        with self._inline_lock:  # claim ownership atomically: two loops may ask at once
+            if self._inline_thread is None:
+                memory = self._engine.url.database in (None, "", ":memory:")
+                # One shared in-memory connection: only the storage's thread may use it.
+                self._inline_thread = -1 if memory else me
+            if self._inline_thread != me:
+                return None
         if self._inline is None:
-            if self._engine.url.database in (None, "", ":memory:"):
-                return None  # one shared in-memory connection: only the storage's thread uses it
             conn = self._engine.connect()
             dbapi = conn.connection.driver_connection
             assert isinstance(dbapi, sqlite3.Connection)
             dbapi.execute("PRAGMA busy_timeout = 0")
             self._inline = (conn, dbapi)
-            self._inline_thread = threading.get_ident()
         return self._inline[1]
 
     def _hot_transaction(self, name: str, fn: Callable[[sqlite3.Cursor], T]) -> T:

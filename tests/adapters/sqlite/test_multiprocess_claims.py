@@ -95,13 +95,16 @@ def test_one_storage_shared_by_event_loops_in_two_threads_claims_each_item_once(
     expected = asyncio.run(_fill(url))
     storage = SqlAlchemyStorage.from_url(url)
     claimed: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
 
     def drain(slot: int) -> None:
         async def main() -> None:
             queue = QueueManager(storage)
+            start.wait()
             while (item := await queue.dequeue(f"thread-{slot}")) is not None:
                 claimed[slot].append(item.queue_id)
                 await queue.mark_completed(item.queue_id, claim_token=item.claim_token)
+                await asyncio.sleep(0.0002)  # let the other thread's loop interleave its claims
 
         asyncio.run(main())
 
