@@ -13,11 +13,11 @@ from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from domain.pipeline_schedule import CatchupPolicy, PipelineSchedule
-from domain.queue import QueueItem, QueueStatus
-from domain.retry import RetryPolicy
-from domain.run import PipelineRun, RunState
-from domain.schedule import DstFoldPolicy, DstGapPolicy
+from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
+from pipestate.domain.pipeline_schedule import CatchupPolicy, PipelineSchedule
+from pipestate.domain.queue import QueueItem, QueueStatus
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import PipelineRun, RunState
 
 RUN_COLUMNS: Final = tuple(f.name for f in fields(PipelineRun))
 QUEUE_COLUMNS: Final = tuple(f.name for f in fields(QueueItem))

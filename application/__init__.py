@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from application.clock import SYSTEM_CLOCK, SystemClock
-from application.queue_manager import QueueManager
-from application.recovery import Recovery
-from application.retry_manager import RetryManager
-from application.schedule_calculator import ScheduleCalculator
-from application.schedule_manager import ScheduleManager
-from application.scheduler import Scheduler
-from application.state_manager import PipelineStateManager, RunSpec
-from application.worker import Worker
+from pipestate.application.clock import SYSTEM_CLOCK, SystemClock
+from pipestate.application.queue_manager import QueueManager
+from pipestate.application.recovery import Recovery
+from pipestate.application.retry_manager import RetryManager
+from pipestate.application.schedule_calculator import ScheduleCalculator
+from pipestate.application.schedule_manager import ScheduleManager
+from pipestate.application.scheduler import Scheduler
+from pipestate.application.state_manager import PipelineStateManager, RunSpec
+from pipestate.application.worker import Worker
 
 __all__ = [
     "SYSTEM_CLOCK",

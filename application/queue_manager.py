@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from application.clock import SYSTEM_CLOCK
-from application.ids import new_id, new_token
-from domain.clock import Clock
-from domain.errors import InvalidArgument, QueueItemNotFound
-from domain.ports import Storage
-from domain.queue import QueueItem, QueueStats, QueueStatus, queue_edge
-from domain.run import require_id, require_priority
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.application.ids import new_id, new_token
+from pipestate.domain.clock import Clock
+from pipestate.domain.errors import InvalidArgument, QueueItemNotFound
+from pipestate.domain.ports import Storage
+from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus, queue_edge
+from pipestate.domain.run import require_id, require_priority
 
 DEFAULT_QUEUE_LEASE = timedelta(minutes=5)
 
@@ -37,7 +37,7 @@ class QueueManager:
     """Enqueue, claim and finish queue items.
 
     Args:
-        storage: any :class:`~domain.ports.Storage`.
+        storage: any :class:`~pipestate.domain.ports.Storage`.
         clock: where "now" comes from.
         lease: how long a claim holds an item before recovery may return it to the queue.
     """

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from application.clock import SYSTEM_CLOCK
-from application.scheduler import enqueue_pending, queue_id_for
-from domain.clock import Clock, ensure_aware
-from domain.errors import InvalidArgument
-from domain.ports import RunFilter, Storage
-from domain.queue import QueueItem, QueueStatus
-from domain.run import PipelineRun, RunState, derive_token
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.application.scheduler import enqueue_pending, queue_id_for
+from pipestate.domain.clock import Clock, ensure_aware
+from pipestate.domain.errors import InvalidArgument
+from pipestate.domain.ports import RunFilter, Storage
+from pipestate.domain.queue import QueueItem, QueueStatus
+from pipestate.domain.run import PipelineRun, RunState, derive_token
 
 log = logging.getLogger("pipestate.recovery")
 
@@ -76,7 +76,7 @@ class Recovery:
     """Periodic clean-up after dead workers (run it every lease or so; it is idempotent).
 
     Args:
-        storage: any :class:`~domain.ports.Storage`.
+        storage: any :class:`~pipestate.domain.ports.Storage`.
         clock: where "now" comes from when :meth:`run_once` is not given one.
         batch_size: runs/items handled per page.
     """

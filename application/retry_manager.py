@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from application.clock import SYSTEM_CLOCK
-from domain.clock import Clock, ensure_aware
-from domain.errors import RunNotFound
-from domain.ports import Storage
-from domain.retry import RetryPolicy
-from domain.run import PipelineRun, RunState, require_id
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.domain.clock import Clock, ensure_aware
+from pipestate.domain.errors import RunNotFound
+from pipestate.domain.ports import Storage
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import PipelineRun, RunState, require_id
 
 RetryConfig = RetryPolicy | Mapping[str, Any] | None
 
@@ -20,7 +20,7 @@ class RetryManager:
     """Retry decisions for failed runs.
 
     Args:
-        storage: any :class:`~domain.ports.Storage`.
+        storage: any :class:`~pipestate.domain.ports.Storage`.
         clock: where "now" comes from.
         policy: the default policy for runs that carry none.
     """

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from application.clock import SYSTEM_CLOCK
-from domain.clock import Clock
-from domain.schedule import DstFoldPolicy, DstGapPolicy, next_fire_time, validate_cron, validate_timezone
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.domain.clock import Clock
+from pipestate.domain.cron import (
+    DstFoldPolicy,
+    DstGapPolicy,
+    next_fire_time,
+    validate_cron,
+    validate_timezone,
+)
 
 
 class ScheduleCalculator:

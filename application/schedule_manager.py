@@ -6,14 +6,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from application.clock import SYSTEM_CLOCK
-from domain.clock import Clock
-from domain.errors import ConcurrencyConflict, InvalidArgument, ScheduleNotFound
-from domain.pipeline_schedule import CatchupPolicy, PipelineSchedule, derive_schedule_id
-from domain.ports import Storage
-from domain.retry import RetryPolicy
-from domain.run import require_id
-from domain.schedule import DstFoldPolicy, DstGapPolicy
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.domain.clock import Clock
+from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
+from pipestate.domain.errors import ConcurrencyConflict, InvalidArgument, ScheduleNotFound
+from pipestate.domain.pipeline_schedule import CatchupPolicy, PipelineSchedule, derive_schedule_id
+from pipestate.domain.ports import Storage
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import require_id
 
 _CAS_ATTEMPTS: Final = 5
 
@@ -22,7 +22,7 @@ class ScheduleManager:
     """Use cases on schedules. One schedule per (tenant_id, config_id); its id is derived from them.
 
     Args:
-        storage: any :class:`~domain.ports.Storage`.
+        storage: any :class:`~pipestate.domain.ports.Storage`.
         clock: where "now" comes from.
     """
 

@@ -26,7 +26,7 @@ page is short). With the default batch of 5,000, a tick over 10,000 due schedule
 statements.
 
 A run left PENDING without a queue item (a crash between steps 5 and 6) is queued again by
-:class:`application.recovery.Recovery` (same deterministic id, so never twice).
+:class:`pipestate.application.recovery.Recovery` (same deterministic id, so never twice).
 """
 
 from __future__ import annotations
@@ -37,13 +37,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from application.clock import SYSTEM_CLOCK
-from domain.clock import Clock, ensure_aware
-from domain.errors import InvalidArgument, PipestateError
-from domain.pipeline_schedule import MAX_RECORDED_SKIPS, PipelineSchedule, advance, plan_slots, runs_for_plan
-from domain.ports import RunFilter, Storage
-from domain.queue import QueueItem
-from domain.run import PipelineRun, RunState, derive_token
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.domain.clock import Clock, ensure_aware
+from pipestate.domain.errors import InvalidArgument, PipestateError
+from pipestate.domain.pipeline_schedule import (
+    MAX_RECORDED_SKIPS,
+    PipelineSchedule,
+    advance,
+    plan_slots,
+    runs_for_plan,
+)
+from pipestate.domain.ports import RunFilter, Storage
+from pipestate.domain.queue import QueueItem
+from pipestate.domain.run import PipelineRun, RunState, derive_token
 
 log = logging.getLogger("pipestate.scheduler")
 
@@ -107,11 +113,11 @@ class Scheduler:
     """Turns schedules into runs and due runs into queue items.
 
     Args:
-        storage: any :class:`~domain.ports.Storage`.
+        storage: any :class:`~pipestate.domain.ports.Storage`.
         clock: where "now" comes from when :meth:`tick` is not given one.
         batch_size: schedules (and runs) handled per page of batched port calls.
         max_recorded_skips: bound on SKIPPED rows per schedule and tick (see
-            :mod:`domain.pipeline_schedule`).
+            :mod:`pipestate.domain.pipeline_schedule`).
         progress: called with a short line after each page (for the command line).
     """
 

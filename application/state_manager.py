@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from application.clock import SYSTEM_CLOCK
-from application.ids import new_token
-from domain.clock import Clock
-from domain.errors import InvalidArgument, RunNotFound
-from domain.ports import RunFilter, RunOrder, Storage
-from domain.retry import RetryPolicy
-from domain.run import ACTIVE_STATES, PipelineRun, RunState, require_id, trigger_for
-from domain.status import TenantStatus
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.application.ids import new_token
+from pipestate.domain.clock import Clock
+from pipestate.domain.errors import InvalidArgument, RunNotFound
+from pipestate.domain.ports import RunFilter, RunOrder, Storage
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import ACTIVE_STATES, PipelineRun, RunState, require_id, trigger_for
+from pipestate.domain.status import TenantStatus
 
 DEFAULT_MANUAL_LEASE = timedelta(minutes=30)
 
@@ -35,7 +35,7 @@ class PipelineStateManager:
     """Use cases on runs. Every method reads the clock once and stores with one compare-and-set.
 
     Args:
-        storage: any :class:`~domain.ports.Storage`.
+        storage: any :class:`~pipestate.domain.ports.Storage`.
         clock: where "now" comes from (a ``FrozenClock`` in tests).
         lease: how long ``mark_as_running`` holds a run before recovery may reclaim it.
     """
@@ -183,7 +183,7 @@ class PipelineStateManager:
     ) -> bool:
         """RUNNING -> FAILED, recording the error and, if the run's policy allows, ``next_retry_at``.
 
-        The run stays FAILED; :class:`~application.retry_manager.RetryManager` (or the worker and
+        The run stays FAILED; :class:`~pipestate.application.retry_manager.RetryManager` (or the worker and
         the scheduler tick) move it on. ``False`` if not RUNNING.
 
         Raises:

@@ -35,15 +35,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from application.clock import SYSTEM_CLOCK
-from application.ids import new_id
-from application.queue_manager import QueueManager
-from application.scheduler import enqueue_pending
-from domain.clock import Clock
-from domain.errors import InvalidArgument, PipestateError, StaleClaim
-from domain.ports import Storage
-from domain.queue import QueueItem, QueueStatus
-from domain.run import PipelineRun, RunState
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.application.ids import new_id
+from pipestate.application.queue_manager import QueueManager
+from pipestate.application.scheduler import enqueue_pending
+from pipestate.domain.clock import Clock
+from pipestate.domain.errors import InvalidArgument, PipestateError, StaleClaim
+from pipestate.domain.ports import Storage
+from pipestate.domain.queue import QueueItem, QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
 
 log = logging.getLogger("pipestate.worker")
 
@@ -104,7 +104,7 @@ class Worker:
 
     Args:
         handler: see :data:`Handler`.
-        storage: any :class:`~domain.ports.Storage`.
+        storage: any :class:`~pipestate.domain.ports.Storage`.
         clock: where "now" comes from (time stamps, leases).
         worker_id: defaults to ``host:pid:random``.
         concurrency: items processed at the same time by this worker.

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.sqlalchemy import SqlAlchemyStorage
-from application import QueueManager
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.application import QueueManager
 
 
 # --------------------------------------------------------------------------- raw sqlite3 baseline

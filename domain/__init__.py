@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from domain import errors
-from domain.clock import Clock, FrozenClock
-from domain.pipeline_schedule import CatchupPolicy, PipelineSchedule
-from domain.queue import QueueItem, QueueStats, QueueStatus
-from domain.retry import RetryPolicy
-from domain.run import LIFECYCLE, TRANSITIONS, PipelineRun, RunState
-from domain.schedule import DstFoldPolicy, DstGapPolicy
-from domain.status import TenantStatus
+from pipestate.domain import errors
+from pipestate.domain.clock import Clock, FrozenClock
+from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
+from pipestate.domain.pipeline_schedule import CatchupPolicy, PipelineSchedule
+from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import LIFECYCLE, TRANSITIONS, PipelineRun, RunState
+from pipestate.domain.status import TenantStatus
 
 __all__ = [
     "LIFECYCLE",

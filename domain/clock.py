@@ -1,7 +1,7 @@
 """Time as an injected port.
 
 The domain never reads the clock: services take a :class:`Clock` and pass ``now`` into domain
-methods. :class:`FrozenClock` is the test clock; the system clock lives in ``application.clock``.
+methods. :class:`FrozenClock` is the test clock; the system clock lives in ``pipestate.application.clock``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from domain.errors import NaiveDatetime
+from pipestate.domain.errors import NaiveDatetime
 
 
 class Clock(Protocol):

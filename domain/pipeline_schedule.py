@@ -31,11 +31,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
-from domain.clock import ensure_aware
-from domain.errors import InvalidArgument
-from domain.retry import RetryPolicy
-from domain.run import PipelineRun, RunState, require_id, require_priority
-from domain.schedule import (
+from pipestate.domain.clock import ensure_aware
+from pipestate.domain.cron import (
     DstFoldPolicy,
     DstGapPolicy,
     fire_times_between,
@@ -43,6 +40,9 @@ from domain.schedule import (
     validate_cron,
     validate_timezone,
 )
+from pipestate.domain.errors import InvalidArgument
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import PipelineRun, RunState, require_id, require_priority
 
 MAX_RECORDED_SKIPS: Final = 100
 """At most this many dropped slots per schedule and tick become SKIPPED rows (the newest ones)."""

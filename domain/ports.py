@@ -7,8 +7,8 @@ contract test suite holds them to these docstrings. Common rules:
 * Creation is insert-if-absent: inserting an existing id is not an error and changes nothing.
 * ``update_*`` is a compare-and-set on ``(id, version)``: ``False`` means the row changed since
   it was read (stale); a missing row raises the matching ``NotFound`` error.
-* Transient failures raise :class:`~domain.errors.StorageUnavailable`; permanent ones
-  :class:`~domain.errors.StorageError`. No driver exception escapes.
+* Transient failures raise :class:`~pipestate.domain.errors.StorageUnavailable`; permanent ones
+  :class:`~pipestate.domain.errors.StorageError`. No driver exception escapes.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from domain.pipeline_schedule import PipelineSchedule
-from domain.queue import QueueItem, QueueStats, QueueStatus
-from domain.run import PipelineRun, RunState
+from pipestate.domain.pipeline_schedule import PipelineSchedule
+from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
 
 
 class RunOrder(StrEnum):
@@ -55,8 +55,6 @@ class Capability(StrEnum):
     """Workers on several machines may share the store."""
     SKIP_LOCKED = "skip_locked"
     """Claims do not wait for each other (FOR UPDATE SKIP LOCKED)."""
-    CHEAP_WRITES = "cheap_writes"
-    """A write costs well under a millisecond to a few ms (not a warehouse job)."""
 
 
 @runtime_checkable

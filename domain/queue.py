@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from domain.errors import InvalidState, InvalidTransition
+from pipestate.domain.errors import InvalidState, InvalidTransition
 
 
 class QueueStatus(StrEnum):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from domain.errors import InvalidArgument
+from pipestate.domain.errors import InvalidArgument
 
 
 @dataclass(frozen=True, slots=True)

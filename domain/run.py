@@ -19,8 +19,8 @@ from typing import Any, Final, cast
 
 from transitions import EventData, Machine, MachineError
 
-from domain.clock import ensure_aware
-from domain.errors import (
+from pipestate.domain.clock import ensure_aware
+from pipestate.domain.errors import (
     InvalidArgument,
     InvalidIdentifier,
     InvalidPriority,
@@ -29,7 +29,7 @@ from domain.errors import (
     StaleClaim,
     TransitionRejected,
 )
-from domain.retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from pipestate.domain.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 
 LEASE_EXPIRED: Final = "LeaseExpired"
 

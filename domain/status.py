@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from domain.run import PipelineRun, RunState
+from pipestate.domain.run import PipelineRun, RunState
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,16 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from adapters.sqlalchemy import SqlAlchemyStorage
-from application import PipelineStateManager, QueueManager, RetryManager, ScheduleCalculator
-from domain import FrozenClock, RetryPolicy, RunState
+from pipestate import (
+    FrozenClock,
+    PipelineStateManager,
+    QueueManager,
+    RetryManager,
+    RetryPolicy,
+    RunState,
+    ScheduleCalculator,
+)
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
 
 
 async def main(path: Path) -> None:

@@ -5,7 +5,7 @@ Each ``<table>.json`` holds one table: ``version`` (the schema version), ``table
 ``fields`` (BigQuery ``TableFieldSchema`` objects, each with a ``description``). They are read with
 :mod:`importlib.resources`, so this works from a checkout and from an installed wheel alike.
 
-This module has no Google dependency; ``adapters.bigquery.schema`` turns a :class:`TableSpec` into
+This module has no Google dependency; ``pipestate.adapters.bigquery.schema`` turns a :class:`TableSpec` into
 ``google.cloud.bigquery`` objects.
 """
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from domain.clock import FrozenClock
-from domain.ports import Storage
-from domain.run import PipelineRun
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.ports import Storage
+from pipestate.domain.run import PipelineRun
 from tests.support.backends import BACKENDS
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.bigquery.retry import RetrySettings, is_transient
-from adapters.bigquery.storage import BigQueryStorage
+from pipestate.adapters.bigquery.retry import RetrySettings, is_transient
+from pipestate.adapters.bigquery.storage import BigQueryStorage
 
 __all__ = ["BigQueryStorage", "RetrySettings", "is_transient"]

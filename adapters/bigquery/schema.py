@@ -6,7 +6,7 @@ from typing import Final
 
 from google.cloud import bigquery
 
-from schemas import TableSpec
+from pipestate.schemas import TableSpec
 
 PARAMETER_TYPES: Final = {
     "STRING": "STRING",

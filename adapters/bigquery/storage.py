@@ -12,7 +12,7 @@ So:
   token, one ``SELECT`` reads them back by that token;
 * every job is parameterized, labelled (``app=pipestate``, ``operation=<method>``), capped with
   ``maximum_bytes_billed``, and run with ``retry=None, job_retry=None`` so that the tenacity layer
-  in :mod:`adapters.bigquery.retry` is the only one that retries.
+  in :mod:`pipestate.adapters.bigquery.retry` is the only one that retries.
 
 A retried statement may already have been applied by the attempt whose response was lost, so on
 the paths where that matters the adapter resolves the ambiguity (DESIGN rule 2): a retried
@@ -41,10 +41,10 @@ from google.api_core.retry import Retry
 from google.cloud import bigquery
 from tenacity import RetryCallState
 
-import schemas
-from adapters.bigquery.retry import DEFAULT_RETRY_SETTINGS, RetrySettings, is_transient
-from adapters.bigquery.schema import parameter_type, to_table
-from adapters.rows import (
+from pipestate import schemas
+from pipestate.adapters.bigquery.retry import DEFAULT_RETRY_SETTINGS, RetrySettings, is_transient
+from pipestate.adapters.bigquery.schema import parameter_type, to_table
+from pipestate.adapters.rows import (
     JSON_COLUMNS,
     QUEUE_COLUMNS,
     RUN_COLUMNS,
@@ -57,11 +57,11 @@ from adapters.rows import (
     schedule_to_row,
     utc,
 )
-from domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
-from domain.pipeline_schedule import PipelineSchedule
-from domain.ports import Capability, RunFilter, RunOrder
-from domain.queue import QueueItem, QueueStats, QueueStatus
-from domain.run import PipelineRun, RunState
+from pipestate.domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
+from pipestate.domain.pipeline_schedule import PipelineSchedule
+from pipestate.domain.ports import Capability, RunFilter, RunOrder
+from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
 
 T = TypeVar("T")
 
@@ -90,7 +90,7 @@ _SCHEDULE_MUTABLE: Final = tuple(
 
 _NO_RETRY: Final = cast(Retry, None)
 """``retry=None`` turns off the client's own HTTP retries (its stubs say ``Retry`` but None is
-documented): :mod:`adapters.bigquery.retry` is the only retry layer."""
+documented): :mod:`pipestate.adapters.bigquery.retry` is the only retry layer."""
 
 _QUEUED: Final = QueueStatus.QUEUED.value
 _PROCESSING: Final = QueueStatus.PROCESSING.value
@@ -544,7 +544,7 @@ class BigQueryStorage:
             RunOrder.UPDATED_DESC: "`updated_at` DESC NULLS LAST, `run_id`",
         }[RunOrder(order)]
         # The table name comes from the validated dataset name; every value is a parameter.
-        sql = f"SELECT {_cols(RUN_COLUMNS)} FROM `{self._sql.runs}` {where} ORDER BY {order_by}"  # noqa: S608
+        sql = f"SELECT {_cols(RUN_COLUMNS)} FROM `{self._sql.runs}` {where} ORDER BY {order_by}"
         if limit is not None:
             sql += " LIMIT @limit"
             params.append(_scalar("limit", "INT64", max(int(limit), 0)))
@@ -556,7 +556,7 @@ class BigQueryStorage:
         where, params = "", []
         if tenant_id is not None:
             where, params = "WHERE `tenant_id` = @tenant", [_scalar("tenant", "STRING", tenant_id)]
-        sql = f"SELECT `state`, COUNT(*) AS n FROM `{self._sql.runs}` {where} GROUP BY `state`"  # noqa: S608 - trusted table name
+        sql = f"SELECT `state`, COUNT(*) AS n FROM `{self._sql.runs}` {where} GROUP BY `state`"
         result = await self._query("count_runs_by_state", "SELECT", sql, params)
         return {RunState(r["state"]): int(r["n"]) for r in result.rows}
 
@@ -682,7 +682,7 @@ class BigQueryStorage:
             conditions.append("`run_id` = @run_id")
             params.append(_scalar("run_id", "STRING", run_id))
         sql = (
-            f"SELECT {_cols(QUEUE_COLUMNS)} FROM `{self._sql.queue}` {_where(conditions)} "  # noqa: S608 - trusted table name
+            f"SELECT {_cols(QUEUE_COLUMNS)} FROM `{self._sql.queue}` {_where(conditions)} "
             "ORDER BY `priority`, `created_at`, `queue_id`"
         )
         if limit is not None:
@@ -701,7 +701,7 @@ class BigQueryStorage:
         if tenant_id is not None:
             conditions.append("`tenant_id` = @tenant")
             params.append(_scalar("tenant", "STRING", tenant_id))
-        sql = f"SELECT COUNT(*) AS n FROM `{self._sql.queue}` {_where(conditions)}"  # noqa: S608 - trusted table name
+        sql = f"SELECT COUNT(*) AS n FROM `{self._sql.queue}` {_where(conditions)}"
         result = await self._query("count_queue_items", "SELECT", sql, params)
         return int(result.rows[0]["n"])
 
@@ -778,7 +778,7 @@ class BigQueryStorage:
             conditions.append("`enabled` = @enabled")
             params.append(_scalar("enabled", "BOOL", bool(enabled)))
         sql = (
-            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM `{self._sql.schedules}` {_where(conditions)} "  # noqa: S608 - trusted table name
+            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM `{self._sql.schedules}` {_where(conditions)} "
             "ORDER BY `tenant_id`, `config_id`, `schedule_id`"
         )
         result = await self._query("list_schedules", "SELECT", sql, params)
@@ -873,27 +873,27 @@ class _Statements:
         self.queue = queue
         self.schedules = schedules
         r, q, s = f"`{runs}`", f"`{queue}`", f"`{schedules}`"
-        self.get_run = f"SELECT {_cols(RUN_COLUMNS)} FROM {r} WHERE `run_id` = @id"  # noqa: S608 - trusted table name
+        self.get_run = f"SELECT {_cols(RUN_COLUMNS)} FROM {r} WHERE `run_id` = @id"
         self.get_runs = (
-            f"SELECT {_cols(RUN_COLUMNS)} FROM {r} WHERE `run_id` IN UNNEST(@ids) ORDER BY `run_id`"  # noqa: S608 - trusted table name
+            f"SELECT {_cols(RUN_COLUMNS)} FROM {r} WHERE `run_id` IN UNNEST(@ids) ORDER BY `run_id`"
         )
         self.update_run = self._update_one(r, "run_id", _RUN_MUTABLE)
-        self.get_item = f"SELECT {_cols(QUEUE_COLUMNS)} FROM {q} WHERE `queue_id` = @id"  # noqa: S608 - trusted table name
-        self.get_schedule = f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} WHERE `schedule_id` = @id"  # noqa: S608 - trusted table name
+        self.get_item = f"SELECT {_cols(QUEUE_COLUMNS)} FROM {q} WHERE `queue_id` = @id"
+        self.get_schedule = f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} WHERE `schedule_id` = @id"
         self.get_schedules = (
-            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} "  # noqa: S608 - trusted table name
+            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} "
             "WHERE `schedule_id` IN UNNEST(@ids) ORDER BY `schedule_id`"
         )
         self.update_schedule = self._update_one(s, "schedule_id", _SCHEDULE_MUTABLE)
         self.due = (
-            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} "  # noqa: S608 - trusted table name
+            f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM {s} "
             "WHERE `enabled` AND `next_fire_time` <= @now "
             "ORDER BY `next_fire_time`, `schedule_id` LIMIT @limit"
         )
         # One UPDATE picks and stamps the batch. The NOT EXISTS makes a retried claim whose first
         # attempt was applied (response lost) a no-op instead of a second batch under one token.
         self.claim = (
-            f"UPDATE {q} SET `status` = '{_PROCESSING}', `worker_id` = @worker, `claim_token` = @token, "  # noqa: S608 - trusted table name
+            f"UPDATE {q} SET `status` = '{_PROCESSING}', `worker_id` = @worker, `claim_token` = @token, "
             "`claimed_at` = @now, `updated_at` = @now, `lease_expires_at` = @lease, "
             "`attempts` = `attempts` + 1, `version` = `version` + 1 "
             f"WHERE `queue_id` IN (SELECT p.`queue_id` FROM {q} AS p WHERE p.`status` = '{_QUEUED}' "
@@ -903,18 +903,18 @@ class _Statements:
             "WHERE g.`claim_token` = @token AND g.`claimed_at` = @now)"
         )
         self.claimed = (
-            f"SELECT {_cols(QUEUE_COLUMNS)} FROM {q} "  # noqa: S608 - trusted table name
+            f"SELECT {_cols(QUEUE_COLUMNS)} FROM {q} "
             "WHERE `claim_token` = @token AND `claimed_at` = @now AND `worker_id` = @worker "
             "ORDER BY `priority`, `created_at`, `queue_id`"
         )
         self.extend_lease = (
             # Idempotent, so that a retry of an applied extension does not bump the version again.
-            f"UPDATE {q} SET `lease_expires_at` = @lease, "  # noqa: S608 - trusted table name
+            f"UPDATE {q} SET `lease_expires_at` = @lease, "
             "`version` = `version` + IF(`lease_expires_at` = @lease, 0, 1) "
             f"WHERE `queue_id` = @id AND `status` = '{_PROCESSING}' AND `claim_token` = @token"
         )
         self.stats = (
-            f"WITH base AS (SELECT `status`, `priority`, `created_at`, "  # noqa: S608 - trusted table name
+            f"WITH base AS (SELECT `status`, `priority`, `created_at`, "
             f"TIMESTAMP_DIFF(`claimed_at`, `created_at`, MICROSECOND) / 1000000 AS wait FROM {q}), "
             "waits AS (SELECT wait, ROW_NUMBER() OVER (ORDER BY wait) AS rn, COUNT(*) OVER () AS total "
             "FROM base WHERE wait IS NOT NULL) "
@@ -936,7 +936,7 @@ class _Statements:
     @staticmethod
     def _update_one(table: str, key: str, mutable: Sequence[str]) -> str:
         sets = ", ".join(f"{_q(c)} = @p_{c}" for c in mutable)
-        return f"UPDATE {table} SET {sets} WHERE {_q(key)} = @b_id AND `version` = @b_expected"  # noqa: S608 - trusted table name
+        return f"UPDATE {table} SET {sets} WHERE {_q(key)} = @b_id AND `version` = @b_expected"
 
     @staticmethod
     def _transition(table: str, to_status: QueueStatus, fenced: bool) -> str:
@@ -955,7 +955,7 @@ class _Statements:
         where = "`queue_id` = @id AND `status` = @from"
         if fenced:
             where += " AND `claim_token` = @token"
-        return f"UPDATE {table} SET {', '.join(sets)} WHERE {where}"  # noqa: S608 - trusted table name
+        return f"UPDATE {table} SET {', '.join(sets)} WHERE {where}"
 
     def transition(self, to_status: QueueStatus, fenced: bool) -> str:
         return self._transitions[(to_status, fenced)]
@@ -968,7 +968,7 @@ class _Statements:
     def merge(self, spec: schemas.TableSpec, key: str) -> str:
         columns = spec.field_names
         return (
-            f"MERGE `{self._full(spec)}` AS t "  # noqa: S608 - trusted table name
+            f"MERGE `{self._full(spec)}` AS t "
             f"USING (SELECT {_cols(columns, 'u')} FROM UNNEST(@rows) AS u) AS s "
             f"ON t.{_q(key)} = s.{_q(key)} "
             f"WHEN NOT MATCHED THEN INSERT ({_cols(columns)}) VALUES ({_cols(columns, 's')})"
@@ -978,7 +978,7 @@ class _Statements:
         full = self._full(spec)
         sets = ", ".join(f"{_q(c)} = s.{_q(c)}" for c in mutable)
         return (
-            f"UPDATE `{full}` AS t SET {sets} "  # noqa: S608 - trusted table name
+            f"UPDATE `{full}` AS t SET {sets} "
             f"FROM (SELECT u.`b_id`, u.`b_expected`, {_cols(mutable, 'u')} FROM UNNEST(@rows) AS u) AS s "
             f"WHERE t.{_q(key)} = s.`b_id` AND t.`version` = s.`b_expected`"
         )

@@ -1,1 +1,1 @@
-"""The ``pipestate`` command line (``adapters.cli.main:main``)."""
+"""The ``pipestate`` command line (``pipestate.adapters.cli.main:main``)."""

@@ -1,6 +1,6 @@
 """``pipestate demo``: a simulated day of three tenants on a fresh SQLite file.
 
-Everything runs in this process on a :class:`~domain.clock.FrozenClock` stepped every five
+Everything runs in this process on a :class:`~pipestate.domain.clock.FrozenClock` stepped every five
 minutes through Sunday 2026-03-08 (UTC), the day US clocks spring forward: schedules in UTC,
 America/New_York and Asia/Kolkata; a scheduler tick per step; two workers (two runs at a time
 each) with a handler that fails some runs with a retryable ``TransientError`` and one with a
@@ -20,17 +20,18 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo
 
-from adapters.cli.output import fmt_time, short
-from adapters.sqlalchemy import SqlAlchemyStorage
-from application.recovery import Recovery, RecoveryReport
-from application.schedule_manager import ScheduleManager
-from application.scheduler import Scheduler
-from application.worker import Outcome, Worker, WorkResult
-from domain.clock import FrozenClock
-from domain.errors import InvalidArgument
-from domain.ports import RunFilter, Storage
-from domain.queue import QueueStatus
-from domain.run import PipelineRun, RunState
+from pipestate.adapters.cli.output import fmt_time, queue_stats_text, schedule_table, short, status_table
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.application.recovery import Recovery, RecoveryReport
+from pipestate.application.schedule_manager import ScheduleManager
+from pipestate.application.scheduler import Scheduler
+from pipestate.application.views import tenant_statuses
+from pipestate.application.worker import Outcome, Worker, WorkResult
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.errors import InvalidArgument
+from pipestate.domain.ports import RunFilter, Storage
+from pipestate.domain.queue import QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
 
 DAY: Final = datetime(2026, 3, 8, tzinfo=UTC)
 STEP: Final = timedelta(minutes=5)
@@ -173,7 +174,6 @@ class _Demo:
         print(line, file=self.out, flush=True)
 
     async def play(self, url: str) -> None:
-        from adapters.cli.main import queue_stats_text, schedule_table, status_table, tenant_statuses
 
         self.say(f"pipestate demo: a simulated day on {url}")
         self.say("Sunday 2026-03-08 (UTC) — US clocks spring forward at 07:00 UTC (02:00 EST -> 03:00 EDT)\n")

@@ -21,21 +21,34 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
-from adapters.cli.output import clip, fmt_age, fmt_time, print_json, short, table, to_jsonable
-from adapters.cli.store import DEFAULT_DB, StoreOptions, is_sqlite, open_store
-from application.clock import SYSTEM_CLOCK
-from application.recovery import Recovery
-from application.schedule_manager import ScheduleManager
-from application.scheduler import DEFAULT_BATCH_SIZE, Scheduler
-from application.state_manager import PipelineStateManager
-from application.worker import DEFAULT_LEASE, Handler, Outcome, Worker, WorkResult
-from domain.errors import InvalidArgument, InvalidInput, NotFound, PipestateError
-from domain.pipeline_schedule import CatchupPolicy, PipelineSchedule
-from domain.ports import RunFilter, RunOrder, Storage
-from domain.queue import QueueStatus
-from domain.retry import RetryPolicy
-from domain.run import PipelineRun, RunState
-from domain.schedule import DstFoldPolicy, DstGapPolicy
+from pipestate._version import __version__
+from pipestate.adapters.cli.output import (
+    describe_result,
+    fmt_time,
+    print_json,
+    queue_stats_text,
+    run_table,
+    schedule_table,
+    short,
+    status_dict,
+    status_table,
+    table,
+    to_jsonable,
+)
+from pipestate.adapters.cli.store import DEFAULT_DB, StoreOptions, is_sqlite, open_store
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.application.recovery import Recovery
+from pipestate.application.schedule_manager import ScheduleManager
+from pipestate.application.scheduler import DEFAULT_BATCH_SIZE, Scheduler
+from pipestate.application.views import tenant_statuses
+from pipestate.application.worker import DEFAULT_LEASE, Handler, Worker, WorkResult
+from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
+from pipestate.domain.errors import InvalidArgument, InvalidInput, NotFound, PipestateError
+from pipestate.domain.pipeline_schedule import CatchupPolicy
+from pipestate.domain.ports import RunFilter, RunOrder, Storage
+from pipestate.domain.queue import QueueStatus
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import RunState
 
 PROG = "pipestate"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -53,6 +66,7 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Schedules, queue, workers and recovery for pipeline runs.")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     _add_common(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     common = _Parser(add_help=False)
@@ -190,7 +204,7 @@ def _hint(message: str) -> str:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from adapters.cli.demo import run_demo
+        from pipestate.adapters.cli.demo import run_demo
 
         return await run_demo(args.file if args.db is None else args.db, sys.stdout)
     options = StoreOptions(args.db, args.bigquery_project, args.bigquery_dataset, args.bigquery_location)
@@ -263,43 +277,6 @@ async def _schedule_list(args: argparse.Namespace, storage: Storage) -> int:
     else:
         print(schedule_table(schedules))
     return EXIT_OK
-
-
-def schedule_table(schedules: Sequence[PipelineSchedule]) -> str:
-    rows = [
-        (
-            s.tenant_id,
-            s.config_id,
-            s.cron,
-            s.timezone,
-            s.priority,
-            "yes" if s.enabled else "paused",
-            s.catchup.value,
-            _local(s.next_fire_time, s.timezone),
-            _local(s.last_scheduled_time, s.timezone),
-        )
-        for s in schedules
-    ]
-    headers = (
-        "TENANT",
-        "CONFIG",
-        "CRON",
-        "ZONE",
-        "PRIO",
-        "ENABLED",
-        "CATCHUP",
-        "NEXT (local)",
-        "LAST (local)",
-    )
-    return table(headers, rows, right=[4]) if rows else "no schedules"
-
-
-def _local(instant: datetime | None, zone: str) -> str:
-    if instant is None:
-        return "-"
-    from zoneinfo import ZoneInfo
-
-    return instant.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 async def _schedule_pause(args: argparse.Namespace, storage: Storage) -> int:
@@ -420,17 +397,6 @@ def _result_dict(result: WorkResult) -> dict[str, Any]:
     return data
 
 
-def describe_result(result: WorkResult) -> str:
-    name = f"{result.tenant_id}/{result.config_id}"
-    head = f"{result.outcome.value:<15} run {short(result.run_id)} {name} attempt {result.attempt}"
-    if result.outcome is Outcome.RETRY_SCHEDULED:
-        error = f"{result.error_type}: {clip(result.error_message)}"
-        return f"{head}: {error} -> retry at {fmt_time(result.retry_at)}"
-    if result.outcome is Outcome.FAILED:
-        return f"{head}: {result.error_type}: {clip(result.error_message)} (no retry)"
-    return head
-
-
 # --------------------------------------------------------------------------- reports
 async def _runs(args: argparse.Namespace, storage: Storage) -> int:
     states = [RunState.parse(args.state)] if args.state else None
@@ -446,103 +412,13 @@ async def _runs(args: argparse.Namespace, storage: Storage) -> int:
     return EXIT_OK
 
 
-def run_table(runs: Sequence[PipelineRun]) -> str:
-    rows = [
-        (
-            short(r.run_id),
-            r.tenant_id,
-            r.config_id,
-            fmt_time(r.scheduled_time),
-            r.state.value,
-            r.attempt,
-            r.retry_count,
-            r.worker_id,
-            clip(f"{r.error_type}: {r.error_message}" if r.error_type else None, 40),
-        )
-        for r in runs
-    ]
-    headers = ("RUN", "TENANT", "CONFIG", "SCHEDULED (UTC)", "STATE", "ATTEMPT", "RETRIES", "WORKER", "ERROR")
-    return table(headers, rows, right=[5, 6]) if rows else "no runs"
-
-
-STATUS_COLUMNS = (
-    RunState.SCHEDULED,
-    RunState.PENDING,
-    RunState.RUNNING,
-    RunState.COMPLETED,
-    RunState.FAILED,
-    RunState.SKIPPED,
-    RunState.CANCELLED,
-)
-
-
-async def tenant_statuses(storage: Storage, tenant: str | None) -> list[Any]:
-    manager = PipelineStateManager(storage)
-    if tenant is not None:
-        tenants = [tenant]
-    else:
-        tenants = sorted({s.tenant_id for s in await storage.list_schedules()})
-    return [await manager.get_customer_pipeline_status(t) for t in tenants]
-
-
 async def _status(args: argparse.Namespace, storage: Storage) -> int:
     statuses = await tenant_statuses(storage, args.tenant)
     if args.json:
-        print_json([_status_dict(s) for s in statuses])
+        print_json([status_dict(s) for s in statuses])
     else:
         print(status_table(statuses))
     return EXIT_OK
-
-
-def _status_dict(status: Any) -> dict[str, Any]:
-    def brief(run: PipelineRun | None) -> dict[str, Any] | None:
-        if run is None:
-            return None
-        return {
-            "run_id": run.run_id,
-            "config_id": run.config_id,
-            "scheduled_time": run.scheduled_time.isoformat(),
-            "completed_at": run.completed_at.isoformat() if run.completed_at else None,
-            "error_type": run.error_type,
-            "error_message": run.error_message,
-        }
-
-    return {
-        "tenant_id": status.tenant_id,
-        "counts": {state.value: status.count(state) for state in RunState},
-        "total": status.total,
-        "success_rate": status.success_rate,
-        "oldest_pending_age_seconds": status.oldest_pending_age_seconds,
-        "last_completed": brief(status.last_completed),
-        "last_failed": brief(status.last_failed),
-    }
-
-
-def status_table(statuses: Sequence[Any]) -> str:
-    rows = []
-    for s in statuses:
-        rate = "-" if s.success_rate is None else f"{s.success_rate:.0%}"
-        failed = s.last_failed
-        last_error = f"{failed.config_id}: {failed.error_type}" if failed is not None else None
-        rows.append(
-            (
-                s.tenant_id,
-                *(s.count(state) for state in STATUS_COLUMNS),
-                s.total,
-                rate,
-                fmt_age(s.oldest_pending_age_seconds),
-                clip(last_error, 36),
-            )
-        )
-    headers = (
-        "TENANT",
-        *(st.value for st in STATUS_COLUMNS),
-        "TOTAL",
-        "SUCCESS",
-        "OLDEST PENDING",
-        "LAST FAILURE",
-    )
-    return table(headers, rows, right=range(1, 10)) if rows else "no tenants (add a schedule first)"
 
 
 async def _queue(args: argparse.Namespace, storage: Storage) -> int:
@@ -571,20 +447,6 @@ async def _queue(args: argparse.Namespace, storage: Storage) -> int:
         print()
         print(table(("ITEM", "RUN", "TENANT", "PRIO", "STATUS", "CLAIMS", "WORKER"), rows, right=[3, 5]))
     return EXIT_OK
-
-
-def queue_stats_text(stats: Any) -> str:
-    by_status = table(
-        ("STATUS", "ITEMS"), [(s.value, stats.by_status.get(s, 0)) for s in QueueStatus], right=[1]
-    )
-    waiting = ", ".join(f"p{p}: {n}" for p, n in sorted(stats.waiting_by_priority.items())) or "none"
-    avg = fmt_age(stats.avg_wait_seconds)
-    p95 = fmt_age(stats.p95_wait_seconds)
-    oldest = fmt_age(stats.oldest_waiting_age_seconds)
-    return (
-        f"{by_status}\n\nwaiting by priority: {waiting}\n"
-        f"wait before claim: avg {avg}, p95 {p95}; oldest waiting item: {oldest}"
-    )
 
 
 # --------------------------------------------------------------------------- helpers

@@ -9,6 +9,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo
+
+from pipestate.application.worker import Outcome, WorkResult
+from pipestate.domain.pipeline_schedule import PipelineSchedule
+from pipestate.domain.queue import QueueStats, QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
+from pipestate.domain.status import TenantStatus
 
 
 def to_jsonable(value: Any) -> Any:
@@ -90,3 +97,145 @@ def clip(text: str | None, length: int = 48) -> str:
         return "-"
     text = " ".join(text.split())
     return text if len(text) <= length else text[: length - 1] + "…"
+
+
+# --------------------------------------------------------------------------- renderers
+def schedule_table(schedules: Sequence[PipelineSchedule]) -> str:
+    rows = [
+        (
+            s.tenant_id,
+            s.config_id,
+            s.cron,
+            s.timezone,
+            s.priority,
+            "yes" if s.enabled else "paused",
+            s.catchup.value,
+            _local(s.next_fire_time, s.timezone),
+            _local(s.last_scheduled_time, s.timezone),
+        )
+        for s in schedules
+    ]
+    headers = (
+        "TENANT",
+        "CONFIG",
+        "CRON",
+        "ZONE",
+        "PRIO",
+        "ENABLED",
+        "CATCHUP",
+        "NEXT (local)",
+        "LAST (local)",
+    )
+    return table(headers, rows, right=[4]) if rows else "no schedules"
+
+
+def _local(instant: datetime | None, zone: str) -> str:
+    if instant is None:
+        return "-"
+    return instant.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def describe_result(result: WorkResult) -> str:
+    name = f"{result.tenant_id}/{result.config_id}"
+    head = f"{result.outcome.value:<15} run {short(result.run_id)} {name} attempt {result.attempt}"
+    if result.outcome is Outcome.RETRY_SCHEDULED:
+        error = f"{result.error_type}: {clip(result.error_message)}"
+        return f"{head}: {error} -> retry at {fmt_time(result.retry_at)}"
+    if result.outcome is Outcome.FAILED:
+        return f"{head}: {result.error_type}: {clip(result.error_message)} (no retry)"
+    return head
+
+
+def run_table(runs: Sequence[PipelineRun]) -> str:
+    rows = [
+        (
+            short(r.run_id),
+            r.tenant_id,
+            r.config_id,
+            fmt_time(r.scheduled_time),
+            r.state.value,
+            r.attempt,
+            r.retry_count,
+            r.worker_id,
+            clip(f"{r.error_type}: {r.error_message}" if r.error_type else None, 40),
+        )
+        for r in runs
+    ]
+    headers = ("RUN", "TENANT", "CONFIG", "SCHEDULED (UTC)", "STATE", "ATTEMPT", "RETRIES", "WORKER", "ERROR")
+    return table(headers, rows, right=[5, 6]) if rows else "no runs"
+
+
+STATUS_COLUMNS = (
+    RunState.SCHEDULED,
+    RunState.PENDING,
+    RunState.RUNNING,
+    RunState.COMPLETED,
+    RunState.FAILED,
+    RunState.SKIPPED,
+    RunState.CANCELLED,
+)
+
+
+def status_dict(status: TenantStatus) -> dict[str, Any]:
+    def brief(run: PipelineRun | None) -> dict[str, Any] | None:
+        if run is None:
+            return None
+        return {
+            "run_id": run.run_id,
+            "config_id": run.config_id,
+            "scheduled_time": run.scheduled_time.isoformat(),
+            "completed_at": run.completed_at.isoformat() if run.completed_at else None,
+            "error_type": run.error_type,
+            "error_message": run.error_message,
+        }
+
+    return {
+        "tenant_id": status.tenant_id,
+        "counts": {state.value: status.count(state) for state in RunState},
+        "total": status.total,
+        "success_rate": status.success_rate,
+        "oldest_pending_age_seconds": status.oldest_pending_age_seconds,
+        "last_completed": brief(status.last_completed),
+        "last_failed": brief(status.last_failed),
+    }
+
+
+def status_table(statuses: Sequence[TenantStatus]) -> str:
+    rows = []
+    for s in statuses:
+        rate = "-" if s.success_rate is None else f"{s.success_rate:.0%}"
+        failed = s.last_failed
+        last_error = f"{failed.config_id}: {failed.error_type}" if failed is not None else None
+        rows.append(
+            (
+                s.tenant_id,
+                *(s.count(state) for state in STATUS_COLUMNS),
+                s.total,
+                rate,
+                fmt_age(s.oldest_pending_age_seconds),
+                clip(last_error, 36),
+            )
+        )
+    headers = (
+        "TENANT",
+        *(st.value for st in STATUS_COLUMNS),
+        "TOTAL",
+        "SUCCESS",
+        "OLDEST PENDING",
+        "LAST FAILURE",
+    )
+    return table(headers, rows, right=range(1, 10)) if rows else "no tenants (add a schedule first)"
+
+
+def queue_stats_text(stats: QueueStats) -> str:
+    by_status = table(
+        ("STATUS", "ITEMS"), [(s.value, stats.by_status.get(s, 0)) for s in QueueStatus], right=[1]
+    )
+    waiting = ", ".join(f"p{p}: {n}" for p, n in sorted(stats.waiting_by_priority.items())) or "none"
+    avg = fmt_age(stats.avg_wait_seconds)
+    p95 = fmt_age(stats.p95_wait_seconds)
+    oldest = fmt_age(stats.oldest_waiting_age_seconds)
+    return (
+        f"{by_status}\n\nwaiting by priority: {waiting}\n"
+        f"wait before claim: avg {avg}, p95 {p95}; oldest waiting item: {oldest}"
+    )

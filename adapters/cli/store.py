@@ -10,9 +10,9 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
-from adapters.sqlalchemy import SqlAlchemyStorage
-from domain.errors import InvalidArgument, StorageError
-from domain.ports import Storage
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.domain.errors import InvalidArgument, StorageError
+from pipestate.domain.ports import Storage
 
 DEFAULT_DB: Final = "sqlite:///pipestate.db"
 
@@ -65,7 +65,7 @@ def is_sqlite(options: StoreOptions) -> bool:
 
 def _bigquery(project: str, dataset: str, location: str | None) -> Storage:
     try:
-        adapter = importlib.import_module("adapters.bigquery")
+        adapter = importlib.import_module("pipestate.adapters.bigquery")
         bigquery = importlib.import_module("google.cloud.bigquery")
     except ImportError as exc:
         raise StorageError(

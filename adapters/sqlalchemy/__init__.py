@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from adapters.sqlalchemy.storage import SqlAlchemyStorage
+from pipestate.adapters.sqlalchemy.storage import SqlAlchemyStorage
 
 __all__ = ["SqlAlchemyStorage"]

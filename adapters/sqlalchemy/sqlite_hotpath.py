@@ -20,7 +20,7 @@ from typing import Any, Final, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from adapters.sqlalchemy.tables import UtcDateTime
+from pipestate.adapters.sqlalchemy.tables import UtcDateTime
 
 T = TypeVar("T")
 

@@ -41,7 +41,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from adapters.rows import (
+from pipestate.adapters.rows import (
     QUEUE_COLUMNS,
     RUN_COLUMNS,
     SCHEDULE_COLUMNS,
@@ -53,8 +53,8 @@ from adapters.rows import (
     schedule_to_row,
     utc,
 )
-from adapters.sqlalchemy.sqlite_hotpath import QueueHotPath, write_transaction
-from adapters.sqlalchemy.tables import (
+from pipestate.adapters.sqlalchemy.sqlite_hotpath import QueueHotPath, write_transaction
+from pipestate.adapters.sqlalchemy.tables import (
     SCHEMA_VERSION,
     UPGRADES,
     metadata,
@@ -63,12 +63,12 @@ from adapters.sqlalchemy.tables import (
     schedules,
     schema_version,
 )
-from application.clock import SYSTEM_CLOCK
-from domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
-from domain.pipeline_schedule import PipelineSchedule
-from domain.ports import Capability, RunFilter, RunOrder
-from domain.queue import QueueItem, QueueStats, QueueStatus
-from domain.run import PipelineRun, RunState
+from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
+from pipestate.domain.pipeline_schedule import PipelineSchedule
+from pipestate.domain.ports import Capability, RunFilter, RunOrder
+from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
 
 T = TypeVar("T")
 
@@ -346,10 +346,8 @@ class SqlAlchemyStorage:
     def capabilities(self) -> frozenset[Capability]:
         if self._sqlite:
             memory = self._engine.url.database in (None, "", ":memory:")
-            return frozenset() if memory else frozenset({Capability.MULTI_PROCESS, Capability.CHEAP_WRITES})
-        return frozenset(
-            {Capability.MULTI_PROCESS, Capability.MULTI_HOST, Capability.SKIP_LOCKED, Capability.CHEAP_WRITES}
-        )
+            return frozenset() if memory else frozenset({Capability.MULTI_PROCESS})
+        return frozenset({Capability.MULTI_PROCESS, Capability.MULTI_HOST, Capability.SKIP_LOCKED})
 
     # ------------------------------------------------------------------ plumbing
     def _connection(self) -> Connection:
@@ -918,7 +916,6 @@ class SqlAlchemyStorage:
 _SCHEMA_LOCK: Final = sa.select(sa.func.pg_advisory_xact_lock(0x70697065))  # "pipe"
 
 
-@functools.cache
 @functools.cache
 def _sqlite_hot_path() -> QueueHotPath:
     return QueueHotPath(

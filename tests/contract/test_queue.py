@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import pytest
 
-from application import QueueManager
-from domain.clock import FrozenClock
-from domain.errors import InvalidArgument, InvalidIdentifier, InvalidPriority, QueueItemNotFound
-from domain.ports import Storage
-from domain.queue import QueueStatus
+from pipestate.application import QueueManager
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.errors import InvalidArgument, InvalidIdentifier, InvalidPriority, QueueItemNotFound
+from pipestate.domain.ports import Storage
+from pipestate.domain.queue import QueueStatus
 
 
 async def test_dequeue_takes_highest_priority_first_then_fifo(

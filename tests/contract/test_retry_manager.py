@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 
-from application import PipelineStateManager, RetryManager
-from domain.clock import FrozenClock
-from domain.errors import InvalidArgument, NaiveDatetime, RunNotFound, TransitionRejected
-from domain.retry import RetryPolicy
-from domain.run import RunState
+from pipestate.application import PipelineStateManager, RetryManager
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.errors import InvalidArgument, NaiveDatetime, RunNotFound, TransitionRejected
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import RunState
 
 
 async def _failed(

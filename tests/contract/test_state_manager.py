@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from application import PipelineStateManager, RunSpec
-from domain.clock import FrozenClock
-from domain.errors import (
+from pipestate.application import PipelineStateManager, RunSpec
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.errors import (
     InvalidIdentifier,
     InvalidPriority,
     InvalidState,
@@ -17,8 +17,8 @@ from domain.errors import (
     RunNotFound,
     TransitionRejected,
 )
-from domain.ports import RunFilter, Storage
-from domain.run import RunState
+from pipestate.domain.ports import RunFilter, Storage
+from pipestate.domain.run import RunState
 
 INJECTION = "x'; DROP TABLE x_meta_scheduled_runs; --"
 

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from domain.clock import FrozenClock
-from domain.errors import RunNotFound, ScheduleNotFound
-from domain.pipeline_schedule import CatchupPolicy, PipelineSchedule, derive_schedule_id
-from domain.ports import RunFilter, RunOrder, Storage
-from domain.retry import RetryPolicy
-from domain.run import PipelineRun, RunState
-from domain.schedule import DstFoldPolicy, DstGapPolicy
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
+from pipestate.domain.errors import RunNotFound, ScheduleNotFound
+from pipestate.domain.pipeline_schedule import CatchupPolicy, PipelineSchedule, derive_schedule_id
+from pipestate.domain.ports import RunFilter, RunOrder, Storage
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import PipelineRun, RunState
 
 RunFactory = Callable[..., PipelineRun]
 

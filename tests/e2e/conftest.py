@@ -19,7 +19,7 @@ SCRIPT = Path(sys.executable).with_name("pipestate")
 
 
 def command() -> list[str]:
-    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "adapters.cli"]
+    return [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipestate"]
 
 
 @dataclass

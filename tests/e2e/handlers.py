@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from domain.run import PipelineRun
+from pipestate.domain.run import PipelineRun
 
 
 def _log(config: dict[str, Any], event: str, run: PipelineRun | None) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from application import Recovery, ScheduleManager, Scheduler
-from domain.clock import FrozenClock
-from domain.ports import Storage
+from pipestate.application import Recovery, ScheduleManager, Scheduler
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.ports import Storage
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from application import QueueManager, Recovery, ScheduleManager, Scheduler, Worker
-from application.worker import Outcome
-from domain.clock import FrozenClock
-from domain.ports import RunFilter, Storage
-from domain.queue import QueueStatus
-from domain.run import LEASE_EXPIRED, PipelineRun, RunState
+from pipestate.application import QueueManager, Recovery, ScheduleManager, Scheduler, Worker
+from pipestate.application.worker import Outcome
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.ports import RunFilter, Storage
+from pipestate.domain.queue import QueueStatus
+from pipestate.domain.run import LEASE_EXPIRED, PipelineRun, RunState
 from tests.conftest import T0
 
 LEASE = timedelta(minutes=2)

@@ -4,11 +4,11 @@ from datetime import timedelta
 
 import pytest
 
-from application import ScheduleManager
-from domain.clock import FrozenClock
-from domain.errors import InvalidArgument, InvalidCronExpression, InvalidTimezone, ScheduleNotFound
-from domain.pipeline_schedule import CatchupPolicy, derive_schedule_id
-from domain.ports import Storage
+from pipestate.application import ScheduleManager
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.errors import InvalidArgument, InvalidCronExpression, InvalidTimezone, ScheduleNotFound
+from pipestate.domain.pipeline_schedule import CatchupPolicy, derive_schedule_id
+from pipestate.domain.ports import Storage
 from tests.conftest import T0
 
 

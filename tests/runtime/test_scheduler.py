@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from application import ScheduleManager, Scheduler
-from domain.clock import FrozenClock
-from domain.ports import RunFilter, Storage
-from domain.queue import QueueStatus
-from domain.run import RunState
+from pipestate.application import ScheduleManager, Scheduler
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.ports import RunFilter, Storage
+from pipestate.domain.queue import QueueStatus
+from pipestate.domain.run import RunState
 from tests.conftest import T0
 
 

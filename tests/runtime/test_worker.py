@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from application import QueueManager, Recovery, ScheduleManager, Scheduler, Worker
-from application.worker import Outcome
-from domain.clock import FrozenClock
-from domain.ports import RunFilter, Storage
-from domain.queue import QueueStatus
-from domain.run import PipelineRun, RunState
+from pipestate.application import QueueManager, Recovery, ScheduleManager, Scheduler, Worker
+from pipestate.application.worker import Outcome
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.ports import RunFilter, Storage
+from pipestate.domain.queue import QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
 from tests.conftest import T0
 
 LEASE = timedelta(minutes=2)

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from adapters.sqlalchemy import SqlAlchemyStorage
-from domain.ports import Storage
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.domain.ports import Storage
 
 BackendFactory = Callable[[Path], AbstractAsyncContextManager[Storage]]
 
@@ -123,7 +123,7 @@ async def bigquery_emulator(_tmp: Path) -> AsyncIterator[Storage]:
         client = await asyncio.to_thread(shared_client)
     except RuntimeError as error:
         unavailable(f"BigQuery emulator: {error}")
-    from adapters.bigquery import BigQueryStorage
+    from pipestate.adapters.bigquery import BigQueryStorage
 
     storage = BigQueryStorage(client, f"pst_{uuid.uuid4().hex[:16]}")
     await storage.create_schema()

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from domain.errors import InvalidArgument, InvalidCronExpression, InvalidTimezone
-from domain.pipeline_schedule import (
+from pipestate.domain.errors import InvalidArgument, InvalidCronExpression, InvalidTimezone
+from pipestate.domain.pipeline_schedule import (
     MAX_RECORDED_SKIPS,
     CatchupPolicy,
     PipelineSchedule,
@@ -19,7 +19,7 @@ from domain.pipeline_schedule import (
     plan_slots,
     runs_for_plan,
 )
-from domain.run import RunState, derive_run_id
+from pipestate.domain.run import RunState, derive_run_id
 
 NEW_YORK = ZoneInfo("America/New_York")
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

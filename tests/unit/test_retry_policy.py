@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from domain.errors import InvalidArgument
-from domain.retry import RetryPolicy
+from pipestate.domain.errors import InvalidArgument
+from pipestate.domain.retry import RetryPolicy
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from domain.errors import (
+from pipestate.domain.errors import (
     InvalidIdentifier,
     InvalidPriority,
     InvalidState,
@@ -17,8 +17,16 @@ from domain.errors import (
     StaleClaim,
     TransitionRejected,
 )
-from domain.retry import RetryPolicy
-from domain.run import EDGES, LIFECYCLE, TRANSITIONS, PipelineRun, RunState, derive_run_id, trigger_for
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import (
+    EDGES,
+    LIFECYCLE,
+    TRANSITIONS,
+    PipelineRun,
+    RunState,
+    derive_run_id,
+    trigger_for,
+)
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 S = RunState

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import schemas
-from adapters.rows import JSON_COLUMNS
-from adapters.sqlalchemy import tables
-from domain.pipeline_schedule import PipelineSchedule
-from domain.queue import QueueItem
-from domain.retry import RetryPolicy
-from domain.run import PipelineRun
+from pipestate import schemas
+from pipestate.adapters.rows import JSON_COLUMNS
+from pipestate.adapters.sqlalchemy import tables
+from pipestate.domain.pipeline_schedule import PipelineSchedule
+from pipestate.domain.queue import QueueItem
+from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.run import PipelineRun
 
 CASES = [
     pytest.param(schemas.RUNS, tables.runs, PipelineRun, id="runs"),

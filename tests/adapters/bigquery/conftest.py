@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.bigquery import BigQueryStorage, RetrySettings
+from pipestate.adapters.bigquery import BigQueryStorage, RetrySettings
 from tests.adapters.bigquery.faults import ScriptedClient
 from tests.support.backends import unavailable
 from tests.support.bq_emulator import BigQueryEmulator, shared_client, shared_emulator

@@ -7,8 +7,8 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from adapters.bigquery import BigQueryStorage
-from domain.queue import QueueItem, QueueStatus
+from pipestate.adapters.bigquery import BigQueryStorage
+from pipestate.domain.queue import QueueItem, QueueStatus
 from tests.support.bq_emulator import BigQueryEmulator
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

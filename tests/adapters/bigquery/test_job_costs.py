@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from adapters.bigquery import BigQueryStorage
-from adapters.bigquery.storage import DEFAULT_MAXIMUM_BYTES_BILLED
-from domain.pipeline_schedule import PipelineSchedule, derive_schedule_id
-from domain.ports import RunFilter
-from domain.queue import QueueItem, QueueStatus
-from domain.run import PipelineRun, RunState
+from pipestate.adapters.bigquery import BigQueryStorage
+from pipestate.adapters.bigquery.storage import DEFAULT_MAXIMUM_BYTES_BILLED
+from pipestate.domain.pipeline_schedule import PipelineSchedule, derive_schedule_id
+from pipestate.domain.ports import RunFilter
+from pipestate.domain.queue import QueueItem, QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
 from tests.adapters.bigquery.faults import ScriptedClient
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.api_core import exceptions as gexc
 
-from adapters.bigquery import BigQueryStorage, is_transient
-from domain.errors import StorageError, StorageUnavailable
-from domain.ports import RunFilter
-from domain.queue import QueueItem, QueueStatus
-from domain.run import PipelineRun, RunState
+from pipestate.adapters.bigquery import BigQueryStorage, is_transient
+from pipestate.domain.errors import StorageError, StorageUnavailable
+from pipestate.domain.ports import RunFilter
+from pipestate.domain.queue import QueueItem, QueueStatus
+from pipestate.domain.run import PipelineRun, RunState
 from tests.adapters.bigquery.faults import ScriptedClient
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -35,7 +35,7 @@ def _item(n: int, priority: int = 5) -> QueueItem:
 
 async def _count_runs(storage: BigQueryStorage, run_id: str) -> int:
     rows = storage.client.query(
-        f"SELECT COUNT(*) AS n FROM `{storage.table_id('x_meta_scheduled_runs')}` WHERE run_id = '{run_id}'"  # noqa: S608
+        f"SELECT COUNT(*) AS n FROM `{storage.table_id('x_meta_scheduled_runs')}` WHERE run_id = '{run_id}'"
     ).result()
     return int(next(iter(rows))["n"])
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-import schemas
-from adapters.bigquery import BigQueryStorage
-from domain.errors import StorageError
+from pipestate import schemas
+from pipestate.adapters.bigquery import BigQueryStorage
+from pipestate.domain.errors import StorageError
 from tests.adapters.bigquery.faults import ScriptedClient
 
 

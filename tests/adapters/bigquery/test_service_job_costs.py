@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from adapters.bigquery import BigQueryStorage
-from application import (
+from pipestate.adapters.bigquery import BigQueryStorage
+from pipestate.application import (
     PipelineStateManager,
     QueueManager,
     Recovery,
@@ -13,7 +13,7 @@ from application import (
     ScheduleManager,
     Scheduler,
 )
-from domain.clock import FrozenClock
+from pipestate.domain.clock import FrozenClock
 from tests.adapters.bigquery.faults import ScriptedClient
 
 

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
 
 
 def claim_until_empty(

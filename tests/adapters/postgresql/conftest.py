@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
 from tests.support.backends import postgres_schema
 
 PgTarget = tuple[str, dict[str, Any]]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from adapters.sqlalchemy import SqlAlchemyStorage
-from domain.queue import QueueItem
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.domain.queue import QueueItem
 from tests.adapters.postgresql._claimer import claim_until_empty
 from tests.adapters.postgresql.conftest import PgTarget
 

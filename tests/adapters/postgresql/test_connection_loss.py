@@ -20,10 +20,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from adapters.sqlalchemy import SqlAlchemyStorage
-from domain.errors import StorageUnavailable
-from domain.queue import QueueItem, QueueStatus
-from domain.run import PipelineRun
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.domain.errors import StorageUnavailable
+from pipestate.domain.queue import QueueItem, QueueStatus
+from pipestate.domain.run import PipelineRun
 from tests.adapters.postgresql.conftest import PgTarget
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

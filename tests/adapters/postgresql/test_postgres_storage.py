@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from adapters.sqlalchemy import SqlAlchemyStorage
-from adapters.sqlalchemy.storage import _CLAIM_POSTGRES
-from adapters.sqlalchemy.tables import SCHEMA_VERSION
-from domain.errors import StorageError, StorageUnavailable
-from domain.ports import Capability
-from domain.queue import QueueItem, QueueStatus
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.adapters.sqlalchemy.storage import _CLAIM_POSTGRES
+from pipestate.adapters.sqlalchemy.tables import SCHEMA_VERSION
+from pipestate.domain.errors import StorageError, StorageUnavailable
+from pipestate.domain.ports import Capability
+from pipestate.domain.queue import QueueItem, QueueStatus
 from tests.adapters.postgresql.conftest import PgTarget
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -168,7 +168,7 @@ async def test_create_schema_refuses_a_database_from_a_newer_pipestate(
 async def test_create_schema_upgrades_an_older_database_step_by_step_once(
     pg_storage: SqlAlchemyStorage, admin: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import adapters.sqlalchemy.storage as module
+    from pipestate.adapters.sqlalchemy import storage as module
 
     monkeypatch.setattr(module, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
     monkeypatch.setattr(

@@ -6,8 +6,8 @@ import asyncio
 import multiprocessing
 from pathlib import Path
 
-from adapters.sqlalchemy import SqlAlchemyStorage
-from application import QueueManager
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.application import QueueManager
 
 ITEMS = 2_000
 PROCESSES = 4

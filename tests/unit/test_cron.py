@@ -6,8 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from domain.errors import InvalidArgument, InvalidCronExpression, InvalidTimezone, NaiveDatetime
-from domain.schedule import (
+from pipestate.domain.cron import (
     DstFoldPolicy,
     DstGapPolicy,
     fire_times_between,
@@ -16,6 +15,7 @@ from domain.schedule import (
     validate_cron,
     validate_timezone,
 )
+from pipestate.domain.errors import InvalidArgument, InvalidCronExpression, InvalidTimezone, NaiveDatetime
 
 NEW_YORK = ZoneInfo("America/New_York")
 LONDON = ZoneInfo("Europe/London")

@@ -55,7 +55,7 @@ from typing import Final
 import pendulum
 from croniter import CroniterBadDateError, CroniterError, croniter
 
-from domain.errors import InvalidArgument, InvalidCronExpression, InvalidTimezone, NaiveDatetime
+from pipestate.domain.errors import InvalidArgument, InvalidCronExpression, InvalidTimezone, NaiveDatetime
 
 __all__ = [
     "DstFoldPolicy",
