@@ -1,6 +1,7 @@
 """``pipestate``: run schedules, workers and recovery from the command line.
 
-Every command opens the store named by ``--db URL`` (default ``sqlite:///pipestate.db``) or by
+Every command opens the store named by ``--db URL`` (else ``$PIPESTATE_DB``, else
+``sqlite:///pipestate.db``) or by
 ``--bigquery-project P --bigquery-dataset D``. Output is a table for people, or JSON with
 ``--json``. Errors are one line on stderr: exit 2 for bad input (bad cron, unknown zone, unknown
 schedule, bad option), 1 for anything else (store unavailable …). ``--traceback`` shows the
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import importlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 from pipestate._version import __version__
+from pipestate.adapters.cli import logs
 from pipestate.adapters.cli.output import (
     describe_result,
     fmt_time,
@@ -35,7 +37,7 @@ from pipestate.adapters.cli.output import (
     table,
     to_jsonable,
 )
-from pipestate.adapters.cli.store import DEFAULT_DB, StoreOptions, is_sqlite, open_store
+from pipestate.adapters.cli.store import DB_ENV, DEFAULT_DB, StoreOptions, is_sqlite, open_store
 from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.application.recovery import Recovery
 from pipestate.application.schedule_manager import ScheduleManager
@@ -52,13 +54,37 @@ from pipestate.domain.run import RunState
 
 PROG = "pipestate"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_CLOSED_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a Unix tool whose reader closed the pipe."""
 
 
 class UsageError(Exception):
     """Bad command-line syntax (reported in one line, exit 2)."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        shown = action.default not in (None, False, argparse.SUPPRESS)
+        if not action.help and action.option_strings and shown:
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
@@ -79,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("init", "create the tables (idempotent)")
+    command("version", "print the installed version")
 
     schedule = command("schedule", "add, list, pause or resume schedules")
     schedule_commands = schedule.add_subparsers(
@@ -152,12 +179,22 @@ def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     def default(value: Any) -> Any:
         return value if defaults else argparse.SUPPRESS
 
-    parser.add_argument("--db", default=default(None), help=f"SQLAlchemy URL (default {DEFAULT_DB})")
+    parser.add_argument(
+        "--db",
+        default=default(None),
+        help=f"store URL (SQLAlchemy); default: ${DB_ENV}, else {DEFAULT_DB}",
+    )
     parser.add_argument("--bigquery-project", default=default(None))
     parser.add_argument("--bigquery-dataset", default=default(None))
     parser.add_argument("--bigquery-location", default=default(None))
     parser.add_argument("--json", action="store_true", default=default(False), help="JSON output")
-    parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="log to stderr")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default(0),
+        help="log pipestate's own records to stderr: -v info, -vv debug",
+    )
     parser.add_argument("--traceback", action="store_true", default=default(False), help=argparse.SUPPRESS)
 
 
@@ -167,12 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     traceback = "--traceback" in (argv if argv is not None else sys.argv[1:])
     try:
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.WARNING,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-            stream=sys.stderr,
-        )
-        return asyncio.run(_dispatch(args))
+        logs.configure(args.verbose, sys.stderr)
+        if args.command == "version":
+            _say(args, {"version": __version__}, f"{PROG} {__version__}")
+            return EXIT_OK
+        code = asyncio.run(_dispatch(args))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except UsageError as exc:
         return _error(str(exc), EXIT_USAGE)
     except (InvalidInput, NotFound) as exc:
@@ -191,6 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(f"unexpected {type(exc).__name__}: {exc} (rerun with --traceback)", EXIT_FAILURE)
 
 
+def _closed_pipe() -> int:
+    """The reader went away (``pipestate runs | head``): stop quietly, as Unix tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    return EXIT_CLOSED_PIPE
+
+
 def _error(message: str, code: int) -> int:
     print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
     return code
@@ -207,7 +254,9 @@ async def _dispatch(args: argparse.Namespace) -> int:
         from pipestate.adapters.cli.demo import run_demo
 
         return await run_demo(args.file if args.db is None else args.db, sys.stdout)
-    options = StoreOptions(args.db, args.bigquery_project, args.bigquery_dataset, args.bigquery_location)
+    options = StoreOptions.from_command_line(
+        args.db, args.bigquery_project, args.bigquery_dataset, args.bigquery_location, os.environ
+    )
     handler = _load_handler(args.handler) if args.command == "worker" else None
     storage = open_store(options)
     try:

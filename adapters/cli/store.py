@@ -7,6 +7,7 @@ is an optional extra and is imported lazily).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -15,6 +16,8 @@ from pipestate.domain.errors import InvalidArgument, StorageError
 from pipestate.domain.ports import Storage
 
 DEFAULT_DB: Final = "sqlite:///pipestate.db"
+DB_ENV: Final = "PIPESTATE_DB"
+"""The environment variable that names the store when ``--db`` is not given."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,20 @@ class StoreOptions:
     bigquery_project: str | None = None
     bigquery_dataset: str | None = None
     bigquery_location: str | None = None
+
+    @classmethod
+    def from_command_line(
+        cls,
+        db: str | None,
+        bigquery_project: str | None,
+        bigquery_dataset: str | None,
+        bigquery_location: str | None,
+        environ: Mapping[str, str],
+    ) -> StoreOptions:
+        """``--db`` wins; without it and without BigQuery options, ``$PIPESTATE_DB`` names the store."""
+        if db is None and bigquery_project is None and bigquery_dataset is None:
+            db = environ.get(DB_ENV) or None
+        return cls(db, bigquery_project, bigquery_dataset, bigquery_location)
 
     @property
     def uses_bigquery(self) -> bool:
