@@ -28,6 +28,7 @@ from pipestate.adapters.cli.output import (
     describe_result,
     fmt_time,
     print_json,
+    public_json,
     queue_stats_text,
     run_table,
     schedule_table,
@@ -35,7 +36,6 @@ from pipestate.adapters.cli.output import (
     status_dict,
     status_table,
     table,
-    to_jsonable,
 )
 from pipestate.adapters.cli.store import DB_ENV, DEFAULT_DB, StoreOptions, is_sqlite, open_store
 from pipestate.application.clock import SYSTEM_CLOCK
@@ -401,7 +401,8 @@ def _load_handler(spec: str) -> Handler:
 async def _worker(args: argparse.Namespace, storage: Storage, handler: Handler) -> int:
     def report(result: WorkResult) -> None:
         if args.json:
-            print(json.dumps({k: v for k, v in _result_dict(result).items() if v is not None}), flush=True)
+            line = {k: v for k, v in public_json(result).items() if v is not None}
+            print(json.dumps(line), flush=True)
         else:
             print(describe_result(result), flush=True)
 
@@ -441,11 +442,6 @@ async def _worker(args: argparse.Namespace, storage: Storage, handler: Handler) 
     return EXIT_OK
 
 
-def _result_dict(result: WorkResult) -> dict[str, Any]:
-    data: dict[str, Any] = to_jsonable(result)
-    return data
-
-
 # --------------------------------------------------------------------------- reports
 async def _runs(args: argparse.Namespace, storage: Storage) -> int:
     states = [RunState.parse(args.state)] if args.state else None
@@ -477,7 +473,7 @@ async def _queue(args: argparse.Namespace, storage: Storage) -> int:
         status = QueueStatus.parse(args.status) if args.status else None
         items = await storage.find_queue_items(status=status, limit=_positive("--limit", args.limit))
     if args.json:
-        print_json({"stats": stats, "items": items} if args.items else stats)
+        print_json({"stats": stats, "items": items})
         return EXIT_OK
     print(queue_stats_text(stats))
     if args.items:

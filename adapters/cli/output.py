@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo
 
 from pipestate.application.worker import Outcome, WorkResult
@@ -35,8 +35,26 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+SECRET_FIELDS: Final = frozenset({"claim_token"})
+"""Fields never printed: a claim token lets its holder complete or fail someone else's claim."""
+
+
+def public_json(value: Any) -> Any:
+    """:func:`to_jsonable`, without :data:`SECRET_FIELDS` at any depth (the documented shapes)."""
+    return _redact(to_jsonable(value))
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items() if k not in SECRET_FIELDS}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
 def print_json(value: Any, out: TextIO | None = None) -> None:
-    json.dump(to_jsonable(value), out or sys.stdout, indent=2, sort_keys=False)
+    """One JSON document, in the shape ``docs/cli-json-schema.json`` documents for the command."""
+    json.dump(public_json(value), out or sys.stdout, indent=2, sort_keys=False)
     (out or sys.stdout).write("\n")
 
 
