@@ -112,19 +112,24 @@ async def postgresql(_tmp: Path) -> AsyncIterator[Storage]:
 
 
 @asynccontextmanager
-async def bigquery_emulator(_tmp: Path) -> AsyncIterator[Storage]:
+async def bigquery_emulator(_tmp: Path, *, limited: bool = False) -> AsyncIterator[Storage]:
     """A fresh dataset ``pst_<hex>`` on the session's one ``bqemulator`` (started lazily), dropped
-    after the test."""
+    after the test. ``limited``: through the model of BigQuery's limits (latency, DML queue,
+    partition conflicts, bytes billed; ``tests/support/bq_limits.py``)."""
     import asyncio
 
     from tests.support.bq_emulator import shared_client
 
     try:
-        client = await asyncio.to_thread(shared_client)
+        client: Any = await asyncio.to_thread(shared_client)
     except RuntimeError as error:
         unavailable(f"BigQuery emulator: {error}")
     from pipestate.adapters.bigquery import BigQueryStorage
 
+    if limited:
+        from tests.support.bq_limits import LimitedClient, Limits
+
+        client = LimitedClient(client, Limits(time_scale=0.0005, estimate_bytes=False))
     storage = BigQueryStorage(client, f"pst_{uuid.uuid4().hex[:16]}")
     await storage.create_schema()
     try:
@@ -136,9 +141,14 @@ async def bigquery_emulator(_tmp: Path) -> AsyncIterator[Storage]:
         )
 
 
+def bigquery_limits(tmp: Path) -> AbstractAsyncContextManager[Storage]:
+    return bigquery_emulator(tmp, limited=True)
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "sqlite-memory": sqlite_memory,
     "sqlite-file": sqlite_file,
     "postgresql": postgresql,
     "bigquery-emulator": bigquery_emulator,
+    "bigquery-limits": bigquery_limits,
 }
