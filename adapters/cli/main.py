@@ -25,6 +25,7 @@ from typing import Any, NoReturn, TypeVar
 from pipestate._version import __version__
 from pipestate.adapters.cli import logs
 from pipestate.adapters.cli.output import (
+    backfill_dict,
     describe_result,
     fmt_time,
     print_json,
@@ -38,6 +39,7 @@ from pipestate.adapters.cli.output import (
     table,
 )
 from pipestate.adapters.cli.store import DB_ENV, DEFAULT_DB, StoreOptions, is_sqlite, open_store
+from pipestate.application.backfill import DEFAULT_MAX_RUNS, Backfill
 from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.application.recovery import Recovery
 from pipestate.application.schedule_manager import ScheduleManager
@@ -153,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--max-items", type=int, default=None, help="exit after this many items")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
+
+    backfill = command(
+        "backfill", "create the runs of a schedule's past slots in [--from, --to), as the tick makes them"
+    )
+    backfill.add_argument("tenant")
+    backfill.add_argument("config_id")
+    backfill.add_argument("--from", dest="start", required=True, help="first instant, ISO time (inclusive)")
+    backfill.add_argument("--to", dest="end", required=True, help="end, ISO time (exclusive, not after now)")
+    backfill.add_argument("--max-runs", type=int, default=DEFAULT_MAX_RUNS, help="refuse a larger range")
+    backfill.add_argument("--dry-run", action="store_true", help="list the slots, write nothing")
 
     recover = command("recover", "take back runs and queue items whose lease expired")
     recover.add_argument("--now", default=None, help="simulate this ISO time instead of the clock")
@@ -376,6 +388,24 @@ async def _recover(args: argparse.Namespace, storage: Storage) -> int:
     return EXIT_OK
 
 
+async def _backfill(args: argparse.Namespace, storage: Storage) -> int:
+    start, end = _instant("--from", args.start), _instant("--to", args.end)
+    assert start is not None and end is not None
+    report = await Backfill(storage).run(
+        args.tenant, args.config_id, start, end, max_runs=args.max_runs, dry_run=args.dry_run
+    )
+    existing = ", ".join(f"{state.value} {n}" for state, n in sorted(report.existing.items())) or "none"
+    verb = "would create" if report.dry_run else "created"
+    _say(
+        args,
+        backfill_dict(report),
+        f"backfill {report.tenant_id}/{report.config_id} {fmt_time(report.start)} .. {fmt_time(report.end)}"
+        f" UTC: {len(report.slots)} slots, {verb} {report.missing if report.dry_run else report.created}"
+        f" runs; slots that already had a run: {existing}",
+    )
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- worker
 def _load_handler(spec: str) -> Handler:
     module_name, _, attribute = spec.partition(":")
@@ -531,6 +561,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Storage], Awaitable[int]]] = 
     "schedule resume": _schedule_resume,
     "tick": _tick,
     "recover": _recover,
+    "backfill": _backfill,
     "runs": _runs,
     "status": _status,
     "queue": _queue,

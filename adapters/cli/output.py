@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo
 
+from pipestate.application.backfill import BackfillReport
 from pipestate.application.worker import Outcome, WorkResult
 from pipestate.domain.pipeline_schedule import PipelineSchedule
 from pipestate.domain.queue import QueueStats, QueueStatus
@@ -118,6 +119,20 @@ def clip(text: str | None, length: int = 48) -> str:
 
 
 # --------------------------------------------------------------------------- renderers
+def backfill_dict(report: BackfillReport) -> dict[str, Any]:
+    return {
+        "tenant_id": report.tenant_id,
+        "config_id": report.config_id,
+        "from": report.start.isoformat(),
+        "to": report.end.isoformat(),
+        "dry_run": report.dry_run,
+        "slots": [slot.isoformat() for slot in report.slots],
+        "created": report.created,
+        "missing": report.missing,
+        "existing": {state.value: n for state, n in report.existing.items()},
+    }
+
+
 def schedule_table(schedules: Sequence[PipelineSchedule]) -> str:
     rows = [
         (

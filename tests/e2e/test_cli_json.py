@@ -86,3 +86,21 @@ def test_every_command_has_a_documented_schema() -> None:
     commands = set(subparsers.choices)
     documented = {name.split()[0] for name in SCHEMA["commands"]}
     assert commands - {"demo"} <= documented
+
+
+def test_backfill_from_the_command_line_is_idempotent_and_its_dry_run_writes_nothing(cli: Cli) -> None:
+    cli("schedule", "add", "acme", "hourly", "--cron", "0 * * * *")
+    window = ("--from", "2026-01-01T00:00:00Z", "--to", "2026-01-31T00:00:00Z", "--max-runs", "720")
+
+    dry = cli.json("backfill", "acme", "hourly", *window, "--dry-run")
+    assert cli.json("runs", "--limit", "1000") == []
+    first = cli.json("backfill", "acme", "hourly", *window)
+    again = cli.json("backfill", "acme", "hourly", *window)
+
+    for document in (dry, first, again):
+        validate("backfill", document)
+    assert (len(dry["slots"]), dry["created"], dry["missing"]) == (720, 0, 720)
+    assert (first["created"], again["created"], again["existing"]) == (720, 0, {"SCHEDULED": 720})
+    assert len(cli.json("runs", "--limit", "1000")) == 720
+    too_many = cli("backfill", "acme", "hourly", *window[:4], "--max-runs", "10", expect=2)
+    assert "max_runs" in too_many.stderr
