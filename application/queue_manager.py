@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -14,23 +13,18 @@ from pipestate.domain.errors import InvalidArgument, QueueItemNotFound
 from pipestate.domain.ports import Storage
 from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus, queue_edge
 from pipestate.domain.run import require_id, require_priority
+from pipestate.domain.validation import require_config
 
 DEFAULT_QUEUE_LEASE = timedelta(minutes=5)
 
 
 def validate_config(config: object) -> dict[str, Any]:
-    """A JSON-serialisable mapping, copied.
+    """A deep copy of a bounded JSON-object config (see :func:`pipestate.domain.validation.require_config`).
 
     Raises:
-        InvalidArgument: not a mapping, or not serialisable as JSON.
+        InvalidArgument: not a mapping, not JSON, non-finite numbers, too deep or too large.
     """
-    if not isinstance(config, Mapping):
-        raise InvalidArgument("config", config, "must be a mapping")
-    try:
-        json.dumps(config)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument("config", config, f"must be JSON-serialisable ({exc})") from None
-    return dict(config)
+    return require_config("config", config)
 
 
 class QueueManager:

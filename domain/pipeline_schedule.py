@@ -23,7 +23,6 @@ days). A tick never enumerates or records all of them:
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +42,7 @@ from pipestate.domain.cron import (
 from pipestate.domain.errors import InvalidArgument
 from pipestate.domain.retry import RetryPolicy
 from pipestate.domain.run import PipelineRun, RunState, require_id, require_priority
+from pipestate.domain.validation import require_config
 
 MAX_RECORDED_SKIPS: Final = 100
 """At most this many dropped slots per schedule and tick become SKIPPED rows (the newest ones)."""
@@ -418,10 +418,4 @@ def _parse_enum(kind: type[_E], name: str, value: object) -> _E:
 
 
 def _require_json(name: str, value: object) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidArgument(name, value, "must be a mapping")
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(name, value, f"must be JSON-serialisable ({exc})") from None
-    return dict(value)
+    return require_config(name, value)
