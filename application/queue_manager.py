@@ -13,7 +13,7 @@ from pipestate.domain.errors import InvalidArgument, QueueItemNotFound
 from pipestate.domain.ports import Storage
 from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus, queue_edge
 from pipestate.domain.run import require_id, require_priority
-from pipestate.domain.validation import require_config
+from pipestate.domain.validation import clean_text, require_config, require_duration
 
 DEFAULT_QUEUE_LEASE = timedelta(minutes=5)
 
@@ -41,7 +41,7 @@ class QueueManager:
     ):
         self._storage = storage
         self._clock = clock or SYSTEM_CLOCK
-        self._lease = lease
+        self._lease = require_duration("lease", lease)
 
     async def enqueue(
         self,
@@ -135,12 +135,13 @@ class QueueManager:
         return await self._finish(queue_id, "complete", claim_token, None)
 
     async def mark_failed(self, queue_id: str, error_message: str, *, claim_token: str | None = None) -> bool:
-        """PROCESSING -> FAILED with ``error_message``; ``False`` if not PROCESSING.
+        """PROCESSING -> FAILED with ``error_message`` (stored cleaned, see
+        :func:`pipestate.domain.validation.clean_text`); ``False`` if not PROCESSING.
 
         Raises:
             QueueItemNotFound: no such item.
         """
-        return await self._finish(queue_id, "fail", claim_token, str(error_message))
+        return await self._finish(queue_id, "fail", claim_token, clean_text(error_message))
 
     async def release(self, queue_id: str, *, claim_token: str | None = None) -> bool:
         """PROCESSING -> QUEUED (give the item back); ``False`` if not PROCESSING.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from pipestate.domain.errors import InvalidArgument, InvalidIdentifier
@@ -36,6 +36,10 @@ MIN_INT: Final = -(2**63)
 MAX_DURATION_SECONDS: Final = 366 * 24 * 3600
 """One year (and a day): the longest delay, lease or interval pipestate accepts."""
 MAX_TEXT_LENGTH: Final = 10_000
+MIN_INSTANT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_INSTANT: Final = datetime(9000, 1, 1, tzinfo=UTC)
+"""The latest "now" a tick or recovery pass accepts: far enough from year 9999 that every
+schedule slot, lease and retry time after it is representable."""
 
 _CONTROL: Final = frozenset(chr(c) for c in [*range(0x20), 0x7F])
 _TEXT_KEPT: Final = frozenset("\n\t")
@@ -152,6 +156,17 @@ def require_seconds(
 def require_duration(field_name: str, value: object, *, maximum: float = MAX_DURATION_SECONDS) -> timedelta:
     """Like :func:`require_seconds` for a positive ``timedelta`` (or a number of seconds)."""
     return timedelta(seconds=require_seconds(field_name, value, maximum=maximum))
+
+
+def require_instant(field_name: str, value: datetime) -> datetime:
+    """An aware instant between 1970 and year 9000 (``now`` of a tick or a recovery pass).
+
+    Raises:
+        InvalidArgument: outside that range.
+    """
+    if not MIN_INSTANT <= value < MAX_INSTANT:
+        raise InvalidArgument(field_name, value.isoformat(), "must be between 1970 and the year 9000")
+    return value
 
 
 def require_int(field_name: str, value: object, *, minimum: int, maximum: int = MAX_INT) -> int:
