@@ -301,7 +301,7 @@ def _expire(run: PipelineRun, now: datetime, pass_id: str) -> str | None:
         run.expire_lease(now, note=pass_id)
         if run.next_retry_at is not None:
             run.retry(now)
-        return None
+        return run.effective_retry_policy.invalid_reason
     except (PipestateError, ArithmeticError, TypeError, ValueError) as exc:
         run.__dict__.update(original.copy().__dict__)
         reason = f"could not plan its retry: {exc}"

@@ -49,6 +49,8 @@ class RetryPolicy:
     retry_on_lease_expiry: bool = True
     invalid_reason: str | None = field(default=None, compare=False, repr=False)
     """Set only by :meth:`from_stored` on the no-retry stand-in for an unusable stored policy."""
+    stored: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The unusable stored document itself, written back unchanged by :meth:`to_dict`."""
 
     def __post_init__(self) -> None:
         require_int("max_retries", self.max_retries, minimum=0, maximum=MAX_RETRIES)
@@ -124,6 +126,8 @@ class RetryPolicy:
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
+        if self.stored is not None:  # a stand-in: keep the row's policy as it was
+            return dict(self.stored)
         return {
             "max_retries": self.max_retries,
             "base_delay": self.base_delay,
@@ -181,7 +185,9 @@ class RetryPolicy:
         try:
             return cls.from_config(config)
         except (InvalidInput, TypeError, ValueError, OverflowError) as exc:
-            return cls(max_retries=0, invalid_reason=f"stored retry policy is invalid ({exc})")
+            return cls(
+                max_retries=0, invalid_reason=f"stored retry policy is invalid ({exc})", stored=dict(config)
+            )
 
 
 DEFAULT_RETRY_POLICY = RetryPolicy()
