@@ -56,10 +56,11 @@ class RetryManager:
             RunNotFound: no such run.
             InvalidArgument: an invalid retry_config.
         """
-        run = await self._load(run_id)
         if retry_config is None and isinstance(client, RetryPolicy | Mapping):
             retry_config = client
-        policy = self._policy_for(run, retry_config)
+        override = RetryPolicy.from_config(retry_config) if retry_config is not None else None
+        run = await self._load(run_id)
+        policy = self._policy_for(run, override)
         return (
             run.state is RunState.FAILED and run.retryable and policy.allows(run.retry_count, run.error_type)
         )
@@ -82,16 +83,17 @@ class RetryManager:
         if retry_config is None and isinstance(client, RetryPolicy | Mapping):
             retry_config = client
         at = ensure_aware(retry_time, "retry_time")
+        override = RetryPolicy.from_config(retry_config) if retry_config is not None else None
         run = await self._load(run_id)
         if run.state is not RunState.FAILED:
             return False
         expected = run.version
-        run.retry(self._clock.now(), retry_at=at, policy=self._policy_for(run, retry_config))
+        run.retry(self._clock.now(), retry_at=at, policy=self._policy_for(run, override))
         return await self._storage.update_run(run, expected)
 
-    def _policy_for(self, run: PipelineRun, retry_config: RetryConfig) -> RetryPolicy:
-        if retry_config is not None:
-            return RetryPolicy.from_config(retry_config)
+    def _policy_for(self, run: PipelineRun, override: RetryPolicy | None) -> RetryPolicy:
+        if override is not None:
+            return override
         return run.retry_policy or self._policy
 
     async def _load(self, run_id: str) -> PipelineRun:

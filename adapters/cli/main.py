@@ -523,6 +523,8 @@ def _json_object(option: str, value: str) -> dict[str, Any]:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(option, value, f"not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InvalidArgument(option, f"<{len(value)} characters>", "nested too deep") from None
     if not isinstance(parsed, dict):
         raise InvalidArgument(option, value, "must be a JSON object")
     return parsed
