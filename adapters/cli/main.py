@@ -335,6 +335,9 @@ async def _tick(args: argparse.Namespace, storage: Storage) -> int:
         f"{report.runs_created} runs created ({report.runs_skipped} skipped slots), "
         f"{report.runs_promoted} runs due, {report.items_enqueued} queued",
     )
+    if not args.json:
+        for parked in report.parked_schedules:
+            print(f"  paused {parked.tenant_id}/{parked.config_id}: cannot be planned: {parked.reason}")
     return EXIT_OK
 
 
@@ -351,6 +354,10 @@ async def _recover(args: argparse.Namespace, storage: Storage) -> int:
     for run in report.runs:
         then = f"retry at {fmt_time(run.retry_at)}" if run.retry_at else "no retry left"
         print(f"  {short(run.run_id)} {run.tenant_id}/{run.config_id} (worker {run.worker_id}): {then}")
+    if report.due_retries:
+        print(f"  {report.due_retries} failed runs whose retry was due were retried")
+    for parked in report.parked:
+        print(f"  parked {short(parked.run_id)} ({parked.tenant_id}) FAILED: {parked.reason}")
     return EXIT_OK
 
 
