@@ -311,13 +311,13 @@ async def test_item_07_an_item_without_a_run_keeps_its_lease_while_the_handler_r
 
     async def handler(run: PipelineRun | None, config: dict[str, Any]) -> None:
         calls.append(config)
-        for _ in range(6):  # 1.8 s: three leases
-            await asyncio.sleep(0.3)
+        for _ in range(8):  # 4 s: two leases
+            await asyncio.sleep(0.5)
             report = await Recovery(sql_storage).run_once()
             recovered.append(report.released_items + report.failed_items)
 
     worker = Worker(
-        handler, sql_storage, lease=timedelta(seconds=0.6), heartbeat_interval=0.1, poll_interval=0.05
+        handler, sql_storage, lease=timedelta(seconds=2), heartbeat_interval=0.1, poll_interval=0.05
     )
     results = await worker.run_once()
 
@@ -417,26 +417,29 @@ async def test_item_09_a_locked_queue_table_does_not_stop_the_runs_heartbeat(tmp
         started = asyncio.Event()
         loop = asyncio.get_running_loop()
 
+        finish = threading.Event()
+
         def handler(run: PipelineRun | None, config: dict[str, Any]) -> None:
             loop.call_soon_threadsafe(started.set)
-            threading.Event().wait(3.0)
+            finish.wait(60)
 
         def hold_lock(release: threading.Event) -> None:
             with engine.connect() as conn, conn.begin():
                 conn.execute(sa.text("LOCK TABLE x_meta_pipeline_queue IN ACCESS EXCLUSIVE MODE"))
                 release.wait(30)
 
-        worker = Worker(handler, storage, lease=timedelta(seconds=1.0), heartbeat_interval=0.2)
+        worker = Worker(handler, storage, lease=timedelta(seconds=2), heartbeat_interval=0.2)
         task = asyncio.create_task(worker.run_once())
         await started.wait()
         release = threading.Event()
         locker = loop.run_in_executor(None, hold_lock, release)
-        await asyncio.sleep(1.8)  # past the lease the run had before the lock
+        await asyncio.sleep(3.0)  # past the lease the run had when the lock was taken
         (run,) = await storage.find_runs(RunFilter(states=[RunState.RUNNING]))
         lease_during_lock = run.lease_expires_at
         checked_at = SYSTEM_CLOCK.now()
         release.set()
         await locker
+        finish.set()
         (result,) = await task
 
         assert lease_during_lock is not None and lease_during_lock > checked_at
