@@ -165,6 +165,7 @@ class _Lease:
         self.context = context
         self.lost: str | None = None
         self.handler: asyncio.Future[Any] | None = None
+        self.stopping = asyncio.Event()
 
     def lose(self, reason: str) -> None:
         if self.lost is None:
@@ -374,9 +375,8 @@ class Worker:
         returned, or when the lease was lost and the handler stopped)."""
         handler = asyncio.ensure_future(self._invoke(run, config, lease.context))
         lease.handler = handler
-        beats = [asyncio.create_task(self._keep_item(lease, item, token))]
-        if lease.run is not None:
-            beats.append(asyncio.create_task(self._keep_run(lease, token)))
+        item_beat = asyncio.create_task(self._keep_item(lease, item, token))
+        run_beat = asyncio.create_task(self._keep_run(lease, token)) if lease.run is not None else None
         try:
             await asyncio.wait({handler})
         except BaseException:
@@ -384,14 +384,19 @@ class Worker:
             # runs out and recovery takes the run back; nothing is written here.
             lease.context._cancel("worker stopped")
             handler.cancel()
-            for beat in beats:
-                beat.cancel()
+            item_beat.cancel()
+            if run_beat is not None:
+                run_beat.cancel()
             raise
-        for beat in beats:
-            beat.cancel()
-        for beat in beats:
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+        # The item's heartbeat may stop mid-write (its compare-and-set is on status and token,
+        # which a lease extension leaves alone); the run's finishes its write first, so that the
+        # version this worker continues from is the stored one.
+        lease.stopping.set()
+        item_beat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await item_beat
+        if run_beat is not None:
+            await run_beat
         if lease.lost is not None:
             log.warning(
                 "worker %s: lost the lease on %s (%s): handler stopped, result not written",
@@ -451,7 +456,9 @@ class Worker:
         """Extend the run's lease every interval; lose it when another writer took the run or
         when the lease ran out before a renewal got through."""
         while lease.lost is None:
-            await asyncio.sleep(self._heartbeat_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lease.stopping.wait(), self._heartbeat_interval)
+                return
             assert lease.run is not None
             now = self._clock.now()
             if now >= lease.expires_at:
@@ -533,53 +540,67 @@ class Worker:
                 await asyncio.sleep(min(pause, left))
                 pause = min(pause * 2, longest)
 
-    async def _write_run(self, lease: _Lease, run: PipelineRun, expected: int) -> bool:
-        """Compare-and-set ``run`` within the lease (see :meth:`_finish_write`). After a transient
-        failure a lost race may be our own earlier attempt that committed unanswered: read back."""
-        failed_once = False
+    async def _write_run(
+        self, lease: _Lease, token: str, apply: Callable[[PipelineRun], None]
+    ) -> PipelineRun | None:
+        """Apply ``apply`` to the run this worker holds and compare-and-set it, within the lease
+        (see :meth:`_finish_write`); return the written run, or ``None`` when the claim is gone.
+
+        A lost race is read back: if the stored run is still RUNNING under this worker's token,
+        what moved its version was this worker's own heartbeat (or an earlier attempt of this
+        write that committed unanswered), so the change is applied again on the stored row."""
+        assert lease.run is not None
+        written: PipelineRun | None = None
 
         async def attempt() -> bool:
-            nonlocal failed_once
-            try:
+            nonlocal written
+            for _ in range(3):
+                assert lease.run is not None
+                run = lease.run.copy()
+                expected = run.version
+                apply(run)
                 if await self._storage.update_run(run, expected):
+                    written = run
                     return True
-            except StorageUnavailable:
-                failed_once = True
-                raise
-            if not failed_once:
+                stored = await self._storage.get_run(run.run_id)
+                if stored is not None and stored.state is RunState.RUNNING and stored.claim_token == token:
+                    lease.run = stored
+                    continue
+                if stored is not None and _same_write(stored, run):
+                    written = run
+                    return True
                 return False
-            stored = await self._storage.get_run(run.run_id)
-            return stored is not None and _same_write(stored, run)
+            return False
 
-        return await self._finish_write(lease, attempt)
+        return written if await self._finish_write(lease, attempt) else None
 
     async def _complete(self, item: QueueItem, lease: _Lease, token: str) -> WorkResult:
         assert lease.run is not None
-        run = lease.run.copy()
         now = self._clock.now()
-        expected = run.version
-        run.complete(now, claim_token=token)
-        if not await self._write_run(lease, run, expected):
-            return await self._lost(item, run, token, "the run changed under its claim")
+        run = await self._write_run(lease, token, lambda r: r.complete(now, claim_token=token))
+        if run is None:
+            return await self._lost(item, lease.run, token, "the run changed under its claim")
         await self._finish_write(lease, lambda: self._queue.mark_completed(item.queue_id, claim_token=token))
         return self._result(item, run, Outcome.COMPLETED, finished_at=now)
 
     async def _fail(self, item: QueueItem, lease: _Lease, token: str, error: Exception) -> WorkResult:
         assert lease.run is not None
-        run = lease.run.copy()
         now = self._clock.now()
-        expected = run.version
-        _fail_and_retry(
-            run,
-            now,
-            token,
-            error_message=str(error) or repr(error),
-            error_type=type(error).__name__,
-            retryable=bool(getattr(error, "retryable", True)),
-        )
+
+        def fail(run: PipelineRun) -> None:
+            _fail_and_retry(
+                run,
+                now,
+                token,
+                error_message=str(error) or repr(error),
+                error_type=type(error).__name__,
+                retryable=bool(getattr(error, "retryable", True)),
+            )
+
+        run = await self._write_run(lease, token, fail)
+        if run is None:
+            return await self._lost(item, lease.run, token, "the run changed under its claim")
         retry_at = run.scheduled_time if run.state is not RunState.FAILED else None
-        if not await self._write_run(lease, run, expected):
-            return await self._lost(item, run, token, "the run changed under its claim")
         message = _describe(error)
         await self._finish_write(
             lease, lambda: self._queue.mark_failed(item.queue_id, message, claim_token=token)
@@ -658,12 +679,12 @@ def _fail_and_retry(
 
 
 def _same_write(stored: PipelineRun, mine: PipelineRun) -> bool:
-    return (stored.version, stored.state, stored.attempt, stored.completed_at) == (
-        mine.version,
-        mine.state,
-        mine.attempt,
-        mine.completed_at,
-    )
+    """True when ``stored`` is ``mine`` as written (an earlier attempt committed unanswered)."""
+
+    def key(run: PipelineRun) -> tuple[object, ...]:
+        return (run.version, run.state, run.attempt, run.completed_at, run.error_type, run.error_message)
+
+    return key(stored) == key(mine)
 
 
 def _takes_context(handler: Handler) -> bool:

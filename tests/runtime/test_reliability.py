@@ -210,6 +210,30 @@ async def test_item_03_a_short_outage_when_the_handler_returns_does_not_drop_the
     assert (run.state, item.status, len(calls)) == (RunState.COMPLETED, QueueStatus.COMPLETED, 1)
 
 
+async def test_item_03_a_heartbeat_in_flight_when_the_handler_returns_does_not_drop_the_result(
+    sql_storage: Storage,
+) -> None:
+    clock = FrozenClock(T0)
+    await pending_item(sql_storage, clock)
+    beating = asyncio.Event()
+
+    async def update_run(run: PipelineRun, expected: int) -> bool:
+        applied = await sql_storage.update_run(run, expected)
+        if run.state is RunState.RUNNING and run.attempt == 1 and expected > 2:
+            beating.set()  # a heartbeat committed; its answer is still on its way
+            await asyncio.sleep(0.3)
+        return applied
+
+    async def handler(run: PipelineRun | None, config: dict[str, Any]) -> None:
+        await beating.wait()
+
+    slow = cast(Storage, Proxy(sql_storage, update_run=update_run))
+    (result,) = await Worker(handler, slow, clock=clock, lease=LEASE, heartbeat_interval=0.05).run_once()
+
+    (run,) = await sql_storage.find_runs(RunFilter())
+    assert (result.outcome, run.state) == (Outcome.COMPLETED, RunState.COMPLETED)
+
+
 # --------------------------------------------------------------------------- item 4
 def test_item_04_lease_expiry_is_retried_even_when_the_policy_lists_error_types() -> None:
     listed = RetryPolicy(retry_on_errors=("TimeoutError",))
