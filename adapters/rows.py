@@ -44,7 +44,7 @@ def _json(value: Any) -> Any:
 
 def _policy(value: Any) -> RetryPolicy | None:
     value = _json(value)
-    return None if value is None else RetryPolicy.from_config(value)
+    return RetryPolicy.from_stored(value)
 
 
 def _policy_dict(policy: RetryPolicy | None) -> dict[str, Any] | None:

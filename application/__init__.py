@@ -10,14 +10,16 @@ from pipestate.application.schedule_calculator import ScheduleCalculator
 from pipestate.application.schedule_manager import ScheduleManager
 from pipestate.application.scheduler import Scheduler
 from pipestate.application.state_manager import PipelineStateManager, RunSpec
-from pipestate.application.worker import Worker
+from pipestate.application.worker import HandlerCancelled, RunContext, Worker
 
 __all__ = [
     "SYSTEM_CLOCK",
+    "HandlerCancelled",
     "PipelineStateManager",
     "QueueManager",
     "Recovery",
     "RetryManager",
+    "RunContext",
     "RunSpec",
     "ScheduleCalculator",
     "ScheduleManager",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -14,23 +13,18 @@ from pipestate.domain.errors import InvalidArgument, QueueItemNotFound
 from pipestate.domain.ports import Storage
 from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus, queue_edge
 from pipestate.domain.run import require_id, require_priority
+from pipestate.domain.validation import clean_text, require_config, require_duration
 
 DEFAULT_QUEUE_LEASE = timedelta(minutes=5)
 
 
 def validate_config(config: object) -> dict[str, Any]:
-    """A JSON-serialisable mapping, copied.
+    """A deep copy of a bounded JSON-object config (see :func:`pipestate.domain.validation.require_config`).
 
     Raises:
-        InvalidArgument: not a mapping, or not serialisable as JSON.
+        InvalidArgument: not a mapping, not JSON, non-finite numbers, too deep or too large.
     """
-    if not isinstance(config, Mapping):
-        raise InvalidArgument("config", config, "must be a mapping")
-    try:
-        json.dumps(config)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument("config", config, f"must be JSON-serialisable ({exc})") from None
-    return dict(config)
+    return require_config("config", config)
 
 
 class QueueManager:
@@ -47,7 +41,7 @@ class QueueManager:
     ):
         self._storage = storage
         self._clock = clock or SYSTEM_CLOCK
-        self._lease = lease
+        self._lease = require_duration("lease", lease)
 
     async def enqueue(
         self,
@@ -141,12 +135,13 @@ class QueueManager:
         return await self._finish(queue_id, "complete", claim_token, None)
 
     async def mark_failed(self, queue_id: str, error_message: str, *, claim_token: str | None = None) -> bool:
-        """PROCESSING -> FAILED with ``error_message``; ``False`` if not PROCESSING.
+        """PROCESSING -> FAILED with ``error_message`` (stored cleaned, see
+        :func:`pipestate.domain.validation.clean_text`); ``False`` if not PROCESSING.
 
         Raises:
             QueueItemNotFound: no such item.
         """
-        return await self._finish(queue_id, "fail", claim_token, str(error_message))
+        return await self._finish(queue_id, "fail", claim_token, clean_text(error_message))
 
     async def release(self, queue_id: str, *, claim_token: str | None = None) -> bool:
         """PROCESSING -> QUEUED (give the item back); ``False`` if not PROCESSING.

@@ -43,44 +43,57 @@ class RetryManager:
         base = ensure_aware(base_time, "base_time") if base_time is not None else self._clock.now()
         return effective.retry_at(attempt, base)
 
-    async def should_retry(self, run_id: str, retry_config: RetryConfig = None) -> bool:
+    async def should_retry(
+        self, run_id: str, retry_config: RetryConfig = None, client: object = None
+    ) -> bool:
         """True when the run is FAILED, marked retryable, has retries left and its error type is retried.
 
         ``retry_config`` overrides the run's own policy (a ``RetryPolicy`` or its dict form).
+        ``client`` is accepted and ignored: the seed's calls pass a BigQuery client there
+        (``should_retry(run_id, retry_config, bq_client)``); the manager uses its storage.
 
         Raises:
             RunNotFound: no such run.
             InvalidArgument: an invalid retry_config.
         """
+        if retry_config is None and isinstance(client, RetryPolicy | Mapping):
+            retry_config = client
+        override = RetryPolicy.from_config(retry_config) if retry_config is not None else None
         run = await self._load(run_id)
-        policy = self._policy_for(run, retry_config)
+        policy = self._policy_for(run, override)
         return (
             run.state is RunState.FAILED and run.retryable and policy.allows(run.retry_count, run.error_type)
         )
 
     async def schedule_retry(
-        self, run_id: str, retry_time: datetime, retry_config: RetryConfig = None
+        self, run_id: str, retry_time: datetime, client: object = None, *, retry_config: RetryConfig = None
     ) -> bool:
         """FAILED -> SCHEDULED at ``retry_time`` (PENDING if ``retry_time <= now``); retry_count + 1.
 
-        Returns ``False`` if the run is no longer FAILED (or changed concurrently).
+        Returns ``False`` if the run is no longer FAILED (or changed concurrently, e.g. recovery
+        already retried it when its ``next_retry_at`` fell due). ``client`` is accepted and
+        ignored, like the seed's ``schedule_retry(run_id, retry_time, bq_client)`` passes it; a
+        ``RetryPolicy`` or dict there is taken as ``retry_config`` (the earlier signature).
 
         Raises:
             RunNotFound: no such run.
             NaiveDatetime: retry_time without a time zone.
             TransitionRejected: the policy does not allow another retry.
         """
+        if retry_config is None and isinstance(client, RetryPolicy | Mapping):
+            retry_config = client
         at = ensure_aware(retry_time, "retry_time")
+        override = RetryPolicy.from_config(retry_config) if retry_config is not None else None
         run = await self._load(run_id)
         if run.state is not RunState.FAILED:
             return False
         expected = run.version
-        run.retry(self._clock.now(), retry_at=at, policy=self._policy_for(run, retry_config))
+        run.retry(self._clock.now(), retry_at=at, policy=self._policy_for(run, override))
         return await self._storage.update_run(run, expected)
 
-    def _policy_for(self, run: PipelineRun, retry_config: RetryConfig) -> RetryPolicy:
-        if retry_config is not None:
-            return RetryPolicy.from_config(retry_config)
+    def _policy_for(self, run: PipelineRun, override: RetryPolicy | None) -> RetryPolicy:
+        if override is not None:
+            return override
         return run.retry_policy or self._policy
 
     async def _load(self, run_id: str) -> PipelineRun:

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
 from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.domain.clock import Clock, ensure_aware
-from pipestate.domain.errors import InvalidArgument, PipestateError
+from pipestate.domain.errors import InvalidArgument
 from pipestate.domain.pipeline_schedule import (
     MAX_RECORDED_SKIPS,
     PipelineSchedule,
@@ -50,6 +50,7 @@ from pipestate.domain.pipeline_schedule import (
 from pipestate.domain.ports import RunFilter, Storage
 from pipestate.domain.queue import QueueItem
 from pipestate.domain.run import PipelineRun, RunState, derive_token
+from pipestate.domain.validation import require_instant
 
 log = logging.getLogger("pipestate.scheduler")
 
@@ -83,6 +84,16 @@ async def enqueue_pending(storage: Storage, runs: Sequence[PipelineRun], now: da
     return await storage.insert_queue_items(items) if items else 0
 
 
+@dataclass(frozen=True)
+class ParkedSchedule:
+    """A due schedule the tick could not plan: paused, with the reason (fix it, then resume)."""
+
+    schedule_id: str
+    tenant_id: str
+    config_id: str
+    reason: str
+
+
 @dataclass
 class TickReport:
     """What one tick did."""
@@ -101,7 +112,9 @@ class TickReport:
     """SCHEDULED -> PENDING applied by this tick."""
     items_enqueued: int = 0
     schedule_errors: int = 0
-    """Due schedules that could not be planned (invalid stored cron/zone); logged and left due."""
+    """Due schedules that could not be planned (invalid stored cron/zone, a zone gone from the
+    time-zone database); each is paused (parked) and listed in :attr:`parked_schedules`."""
+    parked_schedules: list[ParkedSchedule] = field(default_factory=list)
     port_calls: int = 0
     """Storage calls made by the tick (each one statement/transaction on SQL backends)."""
 
@@ -148,7 +161,7 @@ class Scheduler:
             NaiveDatetime: ``now`` without a time zone.
             StorageError: the store failed (what was written stays consistent; tick again).
         """
-        at = ensure_aware(now, "now") if now is not None else self._clock.now()
+        at = require_instant("now", ensure_aware(now, "now") if now is not None else self._clock.now())
         report = TickReport(now=at)
         await self._materialise(at, report)
         await self._promote(at, report)
@@ -169,15 +182,23 @@ class Scheduler:
                 try:
                     plan = plan_slots(schedule, now, max_recorded_skips=self._max_skips)
                     runs.extend(runs_for_plan(schedule, plan, now))
-                except PipestateError as exc:  # one broken row must not stop every tenant's tick
+                except Exception as exc:  # one broken row must not stop every tenant's tick
+                    # Park it: pause it (in the same batch compare-and-set), so that it leaves the
+                    # due set instead of heading every page of every later tick.
                     log.error(
-                        "schedule %s (%s/%s) skipped: %s",
+                        "schedule %s (%s/%s) cannot be planned and is paused: %s",
                         schedule.schedule_id,
                         schedule.tenant_id,
                         schedule.config_id,
                         exc,
                     )
                     report.schedule_errors += 1
+                    report.parked_schedules.append(
+                        ParkedSchedule(schedule.schedule_id, schedule.tenant_id, schedule.config_id, str(exc))
+                    )
+                    parked = schedule.copy()
+                    parked.pause(now)
+                    moved.append((parked, schedule.version))
                     continue
                 report.runs_skipped += len(plan.skip)
                 moved.append((advance(schedule, plan, now), schedule.version))

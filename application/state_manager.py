@@ -10,11 +10,19 @@ from typing import Any
 from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.application.ids import new_token
 from pipestate.domain.clock import Clock
-from pipestate.domain.errors import InvalidArgument, RunNotFound
+from pipestate.domain.errors import RunNotFound
 from pipestate.domain.ports import RunFilter, RunOrder, Storage
 from pipestate.domain.retry import RetryPolicy
-from pipestate.domain.run import ACTIVE_STATES, PipelineRun, RunState, require_id, trigger_for
+from pipestate.domain.run import (
+    ACTIVE_STATES,
+    PipelineRun,
+    RunState,
+    require_duration_seconds,
+    require_id,
+    trigger_for,
+)
 from pipestate.domain.status import TenantStatus
+from pipestate.domain.validation import optional_id, require_duration
 
 DEFAULT_MANUAL_LEASE = timedelta(minutes=30)
 
@@ -45,7 +53,7 @@ class PipelineStateManager:
     ):
         self._storage = storage
         self._clock = clock or SYSTEM_CLOCK
-        self._lease = lease
+        self._lease = require_duration("lease", lease)
 
     # ------------------------------------------------------------------ creation
     async def create_scheduled_run(
@@ -146,6 +154,8 @@ class PipelineStateManager:
             RunNotFound: no such run.
         """
         require_id("run_id", run_id)
+        optional_id("pipeline_logging_id", pipeline_logging_id)
+        optional_id("worker_id", worker_id)
         now = self._clock.now()
         run = await self._load(run_id)
         if run.state is not RunState.PENDING:
@@ -168,8 +178,7 @@ class PipelineStateManager:
             InvalidArgument: negative duration.
         """
         require_id("run_id", run_id)
-        if duration_seconds is not None and duration_seconds < 0:
-            raise InvalidArgument("duration_seconds", duration_seconds, "must be >= 0")
+        duration_seconds = require_duration_seconds(duration_seconds)
         now = self._clock.now()
         run = await self._load(run_id)
         if run.state is not RunState.RUNNING:

@@ -8,7 +8,21 @@ boundary, so no driver exception type reaches a caller.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 80
+_REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def shown(value: object) -> str:
+    """A short ``repr`` for messages: bounded length and depth, never fails on huge input."""
+    try:
+        return _REPR.repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(value).__name__}>"
 
 
 class PipestateError(Exception):
@@ -43,7 +57,9 @@ class InvalidPriority(InvalidInput):
 
     def __init__(self, priority: object) -> None:
         self.priority = priority
-        super().__init__(f"priority must be an integer from 1 (highest) to 10 (lowest), got {priority!r}")
+        super().__init__(
+            f"priority must be an integer from 1 (highest) to 10 (lowest), got {shown(priority)}"
+        )
 
 
 class InvalidState(InvalidInput):
@@ -52,16 +68,19 @@ class InvalidState(InvalidInput):
     def __init__(self, value: object, kind: str = "RunState") -> None:
         self.value = value
         self.kind = kind
-        super().__init__(f"unknown {kind} {value!r}")
+        super().__init__(f"unknown {kind} {shown(value)}")
 
 
 class InvalidIdentifier(InvalidInput):
-    """An id (tenant, config, run, worker, queue item …) that is empty or not a string."""
+    """An id (tenant, config, run, worker, queue item …) that is empty, not a string, too long
+    or holds control characters."""
 
-    def __init__(self, field: str, value: object) -> None:
+    def __init__(self, field: str, value: object, reason: str = "") -> None:
         self.field = field
         self.value = value
-        super().__init__(f"{field} must be a non-empty string, got {value!r}")
+        self.reason = reason
+        rule = f"a non-empty string ({reason})" if reason else "a non-empty string"
+        super().__init__(f"{field} must be {rule}, got {shown(value)}")
 
 
 class NaiveDatetime(InvalidInput):
@@ -70,7 +89,7 @@ class NaiveDatetime(InvalidInput):
     def __init__(self, field: str, value: object) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"{field} must be a timezone-aware datetime, got naive {value!r}")
+        super().__init__(f"{field} must be a timezone-aware datetime, got naive {shown(value)}")
 
 
 class InvalidArgument(InvalidInput):
@@ -80,7 +99,7 @@ class InvalidArgument(InvalidInput):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid {field} {value!r}: {reason}")
+        super().__init__(f"invalid {field} {shown(value)}: {reason}")
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -91,8 +110,8 @@ class InvalidTransition(PipestateError):
         self.entity_id = entity_id
         self.state = state
         self.trigger = trigger
-        shown = getattr(state, "value", state)
-        super().__init__(f"{entity_id}: cannot {trigger!r} from state {shown}")
+        name = getattr(state, "value", state)
+        super().__init__(f"{entity_id}: cannot {trigger!r} from state {name}")
 
     @property
     def run_id(self) -> str:

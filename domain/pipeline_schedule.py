@@ -23,7 +23,6 @@ days). A tick never enumerates or records all of them:
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +42,10 @@ from pipestate.domain.cron import (
 from pipestate.domain.errors import InvalidArgument
 from pipestate.domain.retry import RetryPolicy
 from pipestate.domain.run import PipelineRun, RunState, require_id, require_priority
+from pipestate.domain.validation import MAX_DURATION_SECONDS, require_config, require_int
+
+MAX_CATCHUP_RUNS: Final = 10_000
+"""The most slots one schedule may run in one catch-up."""
 
 MAX_RECORDED_SKIPS: Final = 100
 """At most this many dropped slots per schedule and tick become SKIPPED rows (the newest ones)."""
@@ -154,8 +157,12 @@ class PipelineSchedule:
             enabled=_require_bool("enabled", enabled),
             retry_policy=None if retry_policy is None else RetryPolicy.from_config(retry_policy),
             catchup=CatchupPolicy.parse(catchup),
-            max_catchup_runs=_require_int("max_catchup_runs", max_catchup_runs, minimum=1),
-            misfire_grace_seconds=_require_int("misfire_grace_seconds", misfire_grace_seconds, minimum=0),
+            max_catchup_runs=require_int(
+                "max_catchup_runs", max_catchup_runs, minimum=1, maximum=MAX_CATCHUP_RUNS
+            ),
+            misfire_grace_seconds=require_int(
+                "misfire_grace_seconds", misfire_grace_seconds, minimum=0, maximum=MAX_DURATION_SECONDS
+            ),
             dst_gap=_parse_enum(DstGapPolicy, "dst_gap", dst_gap),
             dst_fold=_parse_enum(DstFoldPolicy, "dst_fold", dst_fold),
             created_at=at,
@@ -225,9 +232,9 @@ class PipelineSchedule:
             elif name == "catchup":
                 self.catchup = CatchupPolicy.parse(value)
             elif name == "max_catchup_runs":
-                self.max_catchup_runs = _require_int(name, value, minimum=1)
+                self.max_catchup_runs = require_int(name, value, minimum=1, maximum=MAX_CATCHUP_RUNS)
             elif name == "misfire_grace_seconds":
-                self.misfire_grace_seconds = _require_int(name, value, minimum=0)
+                self.misfire_grace_seconds = require_int(name, value, minimum=0, maximum=MAX_DURATION_SECONDS)
             elif name == "dst_gap":
                 self.dst_gap, timing = _parse_enum(DstGapPolicy, name, value), True
             elif name == "dst_fold":
@@ -397,12 +404,6 @@ def advance(schedule: PipelineSchedule, plan: SlotPlan, now: datetime) -> Pipeli
 
 
 # --------------------------------------------------------------------------- validation helpers
-def _require_int(name: str, value: object, *, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InvalidArgument(name, value, f"must be an integer >= {minimum}")
-    return value
-
-
 def _require_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise InvalidArgument(name, value, "must be true or false")
@@ -418,10 +419,4 @@ def _parse_enum(kind: type[_E], name: str, value: object) -> _E:
 
 
 def _require_json(name: str, value: object) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InvalidArgument(name, value, "must be a mapping")
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(name, value, f"must be JSON-serialisable ({exc})") from None
-    return dict(value)
+    return require_config(name, value)

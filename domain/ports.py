@@ -44,6 +44,8 @@ class RunFilter:
     """scheduled_time <= this instant."""
     lease_expired_before: datetime | None = None
     """lease_expires_at <= this instant (runs without a lease never match)."""
+    retry_due_before: datetime | None = None
+    """next_retry_at <= this instant (runs without a planned retry never match)."""
 
 
 class Capability(StrEnum):

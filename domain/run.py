@@ -10,6 +10,7 @@ increments ``version`` so that adapters can store the result with a compare-and-
 from __future__ import annotations
 
 import hashlib
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,16 +23,23 @@ from transitions import EventData, Machine, MachineError
 from pipestate.domain.clock import ensure_aware
 from pipestate.domain.errors import (
     InvalidArgument,
-    InvalidIdentifier,
+    InvalidInput,
     InvalidPriority,
     InvalidState,
     InvalidTransition,
     StaleClaim,
     TransitionRejected,
 )
-from pipestate.domain.retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from pipestate.domain.retry import DEFAULT_RETRY_POLICY, LEASE_EXPIRED, RetryPolicy
+from pipestate.domain.validation import (
+    MAX_ID_LENGTH,
+    clean_text,
+    optional_id,
+    require_config,
+    require_id,
+)
 
-LEASE_EXPIRED: Final = "LeaseExpired"
+__all__ = ["LEASE_EXPIRED", "PipelineRun", "RunState", "require_id", "require_priority"]
 
 
 class RunState(StrEnum):
@@ -157,17 +165,6 @@ def trigger_for(run_id: str, source: RunState, dest: RunState) -> str:
 
 
 # --------------------------------------------------------------------------- validation helpers
-def require_id(field_name: str, value: object) -> str:
-    """Return ``value`` if it is a non-empty string.
-
-    Raises:
-        InvalidIdentifier: empty, blank or not a string.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidIdentifier(field_name, value)
-    return value
-
-
 def require_priority(priority: object) -> int:
     """Return ``priority`` if it is an int in 1..10.
 
@@ -177,6 +174,19 @@ def require_priority(priority: object) -> int:
     if not isinstance(priority, int) or isinstance(priority, bool) or not 1 <= priority <= 10:
         raise InvalidPriority(priority)
     return priority
+
+
+def require_duration_seconds(value: object) -> float | None:
+    """``None`` or a finite number of seconds >= 0.
+
+    Raises:
+        InvalidArgument: negative, NaN, infinite, or not a number.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise InvalidArgument("duration_seconds", value, "must be a finite number of seconds >= 0")
+    return float(value)
 
 
 RUN_NAMESPACE: Final = uuid.UUID("6f1c2b1e-8f5d-4a7e-9a51-7f0d3c2e9b10")
@@ -247,13 +257,19 @@ class PipelineRun:
         """A new SCHEDULED run whose id is derived from (tenant_id, config_id, scheduled_time).
 
         Raises:
-            InvalidIdentifier: empty tenant_id or config_id.
+            InvalidIdentifier: empty, too long or control characters in tenant_id or config_id.
             InvalidPriority: priority outside 1..10.
+            InvalidArgument: config is not a bounded JSON object (see
+                :func:`pipestate.domain.validation.require_config`).
             NaiveDatetime: scheduled_time or now without a time zone.
         """
         require_id("tenant_id", tenant_id)
         require_id("config_id", config_id)
+        optional_id("schedule_id", schedule_id)
         require_priority(priority)
+        if retry_policy is not None and not isinstance(retry_policy, RetryPolicy):
+            raise InvalidArgument("retry_policy", retry_policy, "must be a RetryPolicy")
+        checked_config = require_config("config", config if config is not None else {})
         slot = ensure_aware(scheduled_time, "scheduled_time")
         at = ensure_aware(now, "now")
         if state not in (RunState.SCHEDULED, RunState.SKIPPED):
@@ -271,7 +287,7 @@ class PipelineRun:
             schedule_id=schedule_id,
             created_at=at,
             updated_at=at,
-            config=dict(config or {}),
+            config=checked_config,
         )
 
     def copy(self) -> PipelineRun:
@@ -365,8 +381,7 @@ class PipelineRun:
             StaleClaim: ``claim_token`` given and no longer holds the run.
             InvalidArgument: negative duration.
         """
-        if duration_seconds is not None and duration_seconds < 0:
-            raise InvalidArgument("duration_seconds", duration_seconds, "must be >= 0")
+        require_duration_seconds(duration_seconds)
         if self.state is RunState.RUNNING:
             self._check_token(claim_token)
         self._fire("complete")
@@ -392,7 +407,9 @@ class PipelineRun:
     ) -> None:
         """RUNNING -> FAILED, recording the error and the retry decision.
 
-        ``next_retry_at`` is set when the run's policy (or ``policy``) would retry it.
+        ``next_retry_at`` is set when the run's policy (or ``policy``) would retry it. The message
+        and type are stored cleaned (:func:`pipestate.domain.validation.clean_text`): whatever a
+        handler raised, the failure is recorded.
 
         Raises:
             InvalidTransition: not RUNNING.
@@ -403,8 +420,11 @@ class PipelineRun:
         self._fire("fail")
         self._record_failure(now, error_type, error_message, retryable, policy)
 
-    def expire_lease(self, now: datetime, *, policy: RetryPolicy | None = None) -> None:
+    def expire_lease(self, now: datetime, *, policy: RetryPolicy | None = None, note: str = "") -> None:
         """RUNNING -> FAILED with error_type ``LeaseExpired`` once the lease has run out.
+
+        ``note`` is appended to the message (recovery names its pass there, so that two passes
+        racing for the same run can tell whose write was stored).
 
         Raises:
             InvalidTransition: not RUNNING.
@@ -413,6 +433,8 @@ class PipelineRun:
         holder = self.worker_id
         self._fire("expire_lease", now=now, reason="lease still valid")
         message = f"lease of worker {holder!r} expired at {self.lease_expires_at}"
+        if note:
+            message = f"{message} ({note})"
         self._record_failure(now, LEASE_EXPIRED, message, True, policy)
 
     def _record_failure(
@@ -424,16 +446,23 @@ class PipelineRun:
         policy: RetryPolicy | None,
     ) -> None:
         effective = policy or self.effective_retry_policy
-        self.error_type = error_type
-        self.error_message = error_message
-        self.retryable = retryable
+        kind = None if error_type is None else clean_text(error_type, MAX_ID_LENGTH)
+        message = clean_text(error_message)
+        next_retry_at = None
+        if retryable and effective.allows(self.retry_count, kind):
+            try:
+                next_retry_at = effective.retry_at(self.retry_count + 1, now, run_id=self.run_id)
+            except InvalidInput as exc:  # never lose the failure itself over its retry time
+                message = clean_text(f"{message} (not retried: {exc})")
+        if effective.invalid_reason is not None:
+            message = clean_text(f"{message} (not retried: {effective.invalid_reason})")
+        self.error_type = kind
+        self.error_message = message
+        self.retryable = bool(retryable)
         self.completed_at = now
         if self.started_at is not None:
             self.duration_seconds = max((now - self.started_at).total_seconds(), 0.0)
-        if retryable and effective.allows(self.retry_count, error_type):
-            self.next_retry_at = effective.retry_at(self.retry_count + 1, now, run_id=self.run_id)
-        else:
-            self.next_retry_at = None
+        self.next_retry_at = next_retry_at
         self._release_claim()
         self._touch(now)
 
@@ -470,7 +499,7 @@ class PipelineRun:
             InvalidTransition: any other state.
         """
         self._fire("cancel")
-        self.cancel_reason = reason or None
+        self.cancel_reason = clean_text(reason) if reason else None
         self.completed_at = now
         self._release_claim()
         self._touch(now)
@@ -482,7 +511,7 @@ class PipelineRun:
             InvalidTransition: not SCHEDULED.
         """
         self._fire("skip")
-        self.cancel_reason = reason or None
+        self.cancel_reason = clean_text(reason) if reason else None
         self.completed_at = now
         self._touch(now)
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 from pipestate._version import __version__
 from pipestate.application import (
     SYSTEM_CLOCK,
+    HandlerCancelled,
     PipelineStateManager,
     QueueManager,
     Recovery,
     RetryManager,
+    RunContext,
     RunSpec,
     ScheduleCalculator,
     ScheduleManager,
@@ -51,6 +53,7 @@ __all__ = [
     "DstFoldPolicy",
     "DstGapPolicy",
     "FrozenClock",
+    "HandlerCancelled",
     "PipelineRun",
     "PipelineSchedule",
     "PipelineStateManager",
@@ -61,6 +64,7 @@ __all__ = [
     "Recovery",
     "RetryManager",
     "RetryPolicy",
+    "RunContext",
     "RunSpec",
     "RunState",
     "ScheduleCalculator",

@@ -858,6 +858,9 @@ def _run_conditions(criteria: RunFilter) -> tuple[str, list[Any]]:
     if criteria.lease_expired_before is not None:
         conditions.append("`lease_expires_at` <= @lease_before")
         params.append(_scalar("lease_before", "TIMESTAMP", criteria.lease_expired_before))
+    if criteria.retry_due_before is not None:
+        conditions.append("`next_retry_at` <= @retry_before")
+        params.append(_scalar("retry_before", "TIMESTAMP", criteria.retry_due_before))
     return _where(conditions), params
 
 

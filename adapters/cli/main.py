@@ -20,7 +20,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 from pipestate._version import __version__
 from pipestate.adapters.cli import logs
@@ -38,21 +38,29 @@ from pipestate.adapters.cli.output import (
     status_table,
     table,
 )
-from pipestate.adapters.cli.store import DB_ENV, DEFAULT_DB, StoreOptions, is_sqlite, open_store
+from pipestate.adapters.cli.store import (
+    DB_ENV,
+    DEFAULT_DB,
+    StoreOptions,
+    is_sqlite,
+    open_store,
+    require_existing_sqlite_file,
+)
 from pipestate.application.backfill import DEFAULT_MAX_RUNS, Backfill
 from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.application.recovery import Recovery
 from pipestate.application.schedule_manager import ScheduleManager
 from pipestate.application.scheduler import DEFAULT_BATCH_SIZE, Scheduler
 from pipestate.application.views import tenant_statuses
-from pipestate.application.worker import DEFAULT_LEASE, Handler, Worker, WorkResult
+from pipestate.application.worker import DEFAULT_LEASE, MAX_CONCURRENCY, Handler, Worker, WorkResult
 from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
 from pipestate.domain.errors import InvalidArgument, InvalidInput, NotFound, PipestateError
 from pipestate.domain.pipeline_schedule import CatchupPolicy
 from pipestate.domain.ports import RunFilter, RunOrder, Storage
 from pipestate.domain.queue import QueueStatus
-from pipestate.domain.retry import RetryPolicy
+from pipestate.domain.retry import DEFAULT_RETRY_POLICY, MAX_RETRIES, RetryPolicy
 from pipestate.domain.run import RunState
+from pipestate.domain.validation import require_id, require_instant, require_int, require_seconds
 
 PROG = "pipestate"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -126,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--misfire-grace", type=int, default=300, help="seconds (catch-up 'none')")
     add.add_argument("--max-retries", type=int, default=3)
     add.add_argument("--retry-delay", type=float, default=60.0, help="first backoff in seconds (default 60)")
-    add.add_argument("--retry-max-delay", type=float, default=3600.0)
+    add.add_argument(
+        "--retry-max-delay",
+        type=float,
+        default=None,
+        help="backoff cap in seconds (default 3600, or --retry-delay when that is larger)",
+    )
     add.add_argument("--retry-on", default=None, help="comma-separated error types to retry (default: all)")
     add.add_argument("--dst-gap", choices=[p.value for p in DstGapPolicy], default=DstGapPolicy.SHIFT.value)
     add.add_argument(
@@ -269,10 +282,18 @@ async def _dispatch(args: argparse.Namespace) -> int:
     options = StoreOptions.from_command_line(
         args.db, args.bigquery_project, args.bigquery_dataset, args.bigquery_location, os.environ
     )
-    handler = _load_handler(args.handler) if args.command == "worker" else None
+    handler = None
+    if args.command == "worker":
+        _check_worker_options(args)
+        handler = _load_handler(args.handler)
+    read_only = args.command in _READ_ONLY or (
+        args.command == "schedule" and args.schedule_command in _READ_ONLY
+    )
+    if read_only:
+        require_existing_sqlite_file(options)
     storage = open_store(options)
     try:
-        if args.command == "init" or is_sqlite(options):
+        if args.command == "init" or (is_sqlite(options) and not read_only):
             await storage.create_schema()  # idempotent; cheap on SQLite, explicit elsewhere
         if args.command == "init":
             _say(args, {"initialized": options.describe()}, f"initialized {options.describe()}")
@@ -300,10 +321,17 @@ async def _schedule_add(args: argparse.Namespace, storage: Storage) -> int:
     retry_on = None
     if args.retry_on:
         retry_on = tuple(name.strip() for name in args.retry_on.split(",") if name.strip())
+    base_delay = require_seconds("--retry-delay", args.retry_delay, allow_zero=True)
+    if args.retry_max_delay is None:
+        max_delay = max(DEFAULT_RETRY_POLICY.max_delay, base_delay)
+    else:
+        max_delay = require_seconds("--retry-max-delay", args.retry_max_delay, allow_zero=True)
+        if max_delay < base_delay:
+            raise InvalidArgument("--retry-max-delay", args.retry_max_delay, "must be >= --retry-delay")
     policy = RetryPolicy(
-        max_retries=args.max_retries,
-        base_delay=args.retry_delay,
-        max_delay=max(args.retry_max_delay, args.retry_delay),
+        max_retries=require_int("--max-retries", args.max_retries, minimum=0, maximum=MAX_RETRIES),
+        base_delay=base_delay,
+        max_delay=max_delay,
         retry_on_errors=retry_on,
     )
     schedule = await ScheduleManager(storage).add(
@@ -369,6 +397,9 @@ async def _tick(args: argparse.Namespace, storage: Storage) -> int:
         f"{report.runs_created} runs created ({report.runs_skipped} skipped slots), "
         f"{report.runs_promoted} runs due, {report.items_enqueued} queued",
     )
+    if not args.json:
+        for parked in report.parked_schedules:
+            print(f"  paused {parked.tenant_id}/{parked.config_id}: cannot be planned: {parked.reason}")
     return EXIT_OK
 
 
@@ -385,6 +416,10 @@ async def _recover(args: argparse.Namespace, storage: Storage) -> int:
     for run in report.runs:
         then = f"retry at {fmt_time(run.retry_at)}" if run.retry_at else "no retry left"
         print(f"  {short(run.run_id)} {run.tenant_id}/{run.config_id} (worker {run.worker_id}): {then}")
+    if report.due_retries:
+        print(f"  {report.due_retries} failed runs whose retry was due were retried")
+    for parked in report.parked:
+        print(f"  parked {short(parked.run_id)} ({parked.tenant_id}) FAILED: {parked.reason}")
     return EXIT_OK
 
 
@@ -407,6 +442,27 @@ async def _backfill(args: argparse.Namespace, storage: Storage) -> int:
 
 
 # --------------------------------------------------------------------------- worker
+def _check_worker_options(args: argparse.Namespace) -> None:
+    """Refuse worker options that would loop forever or never poll, before anything is opened.
+
+    Raises:
+        InvalidArgument: named after the option.
+    """
+    require_int("--concurrency", args.concurrency, minimum=1, maximum=MAX_CONCURRENCY)
+    lease = require_seconds("--lease", args.lease)
+    if args.heartbeat is not None:
+        heartbeat = require_seconds("--heartbeat", args.heartbeat)
+        if heartbeat >= lease:
+            raise InvalidArgument(
+                "--heartbeat", args.heartbeat, f"must be shorter than --lease ({lease:g} s)"
+            )
+    require_seconds("--poll", args.poll)
+    if args.max_items is not None:
+        require_int("--max-items", args.max_items, minimum=1)
+    if args.worker_id is not None:
+        require_id("--worker-id", args.worker_id)
+
+
 def _load_handler(spec: str) -> Handler:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
@@ -440,21 +496,30 @@ async def _worker(args: argparse.Namespace, storage: Storage, handler: Handler) 
         handler,
         storage,
         worker_id=args.worker_id,
-        concurrency=_positive("--concurrency", args.concurrency),
-        lease=timedelta(seconds=_positive("--lease", args.lease)),
+        concurrency=args.concurrency,
+        lease=timedelta(seconds=args.lease),
         heartbeat_interval=args.heartbeat,
-        poll_interval=_positive("--poll", args.poll),
+        poll_interval=args.poll,
         on_result=report,
     )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
 
     def stop(signum: signal.Signals) -> None:
+        if worker.stopping:
+            # The second signal acts at once: a handler thread cannot be interrupted, and waiting
+            # for it is what the operator refused. The runs in hand are left to their leases
+            # and to recovery (nothing half-written: every write is a compare-and-set).
+            print(f"{PROG}: {signum.name} again: exiting now", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(128 + signum)
         print(
-            f"{PROG}: {signum.name}: finishing the current runs, taking no more", file=sys.stderr, flush=True
+            f"{PROG}: {signum.name}: finishing the current runs, taking no more"
+            " (send it again to exit at once)",
+            file=sys.stderr,
+            flush=True,
         )
         worker.stop()
-        loop.remove_signal_handler(signum)  # a second signal takes the default action
 
     for signum in signals:
         loop.add_signal_handler(signum, stop, signum)
@@ -532,7 +597,8 @@ def _instant(option: str, value: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidArgument(option, value, "expected an ISO time such as 2026-03-08T06:00:00Z") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    at = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return require_instant(option, at)
 
 
 def _json_object(option: str, value: str) -> dict[str, Any]:
@@ -540,19 +606,19 @@ def _json_object(option: str, value: str) -> dict[str, Any]:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(option, value, f"not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InvalidArgument(option, f"<{len(value)} characters>", "nested too deep") from None
     if not isinstance(parsed, dict):
         raise InvalidArgument(option, value, "must be a JSON object")
     return parsed
 
 
-_N = TypeVar("_N", int, float)
+def _positive(option: str, value: int) -> int:
+    return require_int(option, value, minimum=1)
 
 
-def _positive(option: str, value: _N) -> _N:
-    if value <= 0:
-        raise InvalidArgument(option, value, "must be > 0")
-    return value
-
+_READ_ONLY = frozenset({"runs", "status", "queue", "list"})
+"""Commands (and ``schedule`` actions) that only read: they never create a database or tables."""
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Storage], Awaitable[int]]] = {
     "schedule add": _schedule_add,

@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, cast
+
+from sqlalchemy.engine import make_url
 
 from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
 from pipestate.domain.errors import InvalidArgument, StorageError
@@ -18,6 +21,7 @@ from pipestate.domain.ports import Storage
 DEFAULT_DB: Final = "sqlite:///pipestate.db"
 DB_ENV: Final = "PIPESTATE_DB"
 """The environment variable that names the store when ``--db`` is not given."""
+PROG: Final = "pipestate"
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,25 @@ def open_store(options: StoreOptions) -> Storage:
     if "://" not in url:
         raise InvalidArgument("--db", url, "expected a URL such as sqlite:///pipestate.db")
     return SqlAlchemyStorage.from_url(url)
+
+
+def require_existing_sqlite_file(options: StoreOptions) -> None:
+    """For commands that only read: refuse a SQLite file that does not exist, instead of creating
+    an empty database by opening it.
+
+    Raises:
+        StorageError: the file named by the URL does not exist.
+    """
+    if not is_sqlite(options):
+        return
+    try:
+        database = make_url(options.db or DEFAULT_DB).database
+    except Exception:  # a malformed URL: open_store reports it
+        return
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    if not Path(database).exists():
+        raise StorageError(f"no database at {database} (run '{PROG} init' first, or check --db)")
 
 
 def is_sqlite(options: StoreOptions) -> bool:

@@ -970,6 +970,8 @@ def _run_conditions(criteria: RunFilter) -> list[sa.ColumnElement[bool]]:
         conditions.append(runs.c.scheduled_time <= criteria.scheduled_before)
     if criteria.lease_expired_before is not None:
         conditions.append(runs.c.lease_expires_at <= criteria.lease_expired_before)
+    if criteria.retry_due_before is not None:
+        conditions.append(runs.c.next_retry_at <= criteria.retry_due_before)
     return conditions
 
 

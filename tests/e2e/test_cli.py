@@ -54,7 +54,7 @@ def test_schedule_tick_work_and_report_through_the_cli(cli: Cli) -> None:
     pending = cli.json("runs", "--state", "pending")
     assert len(pending) == 1 and pending[0]["config"] == {"table": "orders"}
     assert "PENDING" in cli("runs", "--tenant", "acme").stdout
-    queue = cli.json("queue")
+    queue = cli.json("queue")["stats"]
     assert queue["by_status"]["QUEUED"] == 1 and queue["waiting_by_priority"] == {"2": 1}
 
     worked = cli("worker", "--handler", "tests.e2e.handlers:record", "--exit-when-idle", "--poll", "0.1")

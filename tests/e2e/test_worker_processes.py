@@ -69,7 +69,7 @@ def test_a_worker_killed_mid_run_is_recovered_and_its_run_completed_once_by_anot
         ("start", run["run_id"], "2"),
         ("done", run["run_id"], "2"),
     ]
-    queue = cli.json("queue")
+    queue = cli.json("queue")["stats"]
     assert (queue["by_status"].get("COMPLETED"), queue["by_status"].get("FAILED")) == (1, 1)
     assert not cli.json("runs", "--state", "running")
 

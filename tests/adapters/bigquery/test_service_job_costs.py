@@ -121,5 +121,5 @@ async def test_schedules_tick_and_recovery_have_fixed_costs(
         "add x50": 50,
         "pause": 2,
         "tick of 49 due schedules": 6,
-        "idle recovery": 4,
+        "idle recovery": 5,
     }
