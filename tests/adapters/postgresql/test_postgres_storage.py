@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
-from pipestate.adapters.sqlalchemy.storage import _CLAIM_POSTGRES
+from pipestate.adapters.sqlalchemy.statements import CLAIM_POSTGRES as _CLAIM_POSTGRES
 from pipestate.adapters.sqlalchemy.tables import SCHEMA_VERSION
 from pipestate.domain.errors import StorageError, StorageUnavailable
 from pipestate.domain.ports import Capability
