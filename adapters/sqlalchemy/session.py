@@ -220,9 +220,13 @@ class Sessions:
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
             conn = self.engine.connect()
+            try:
+                self._check(conn)
+            except BaseException:
+                conn.close()
+                raise
             self._local.conn = conn
             self._connections.append(conn)
-            self._check(conn)
         return conn
 
     def _check(self, conn: Connection) -> None:
@@ -383,7 +387,11 @@ class Sessions:
                 return None
         if self._inline is None:
             conn = self.engine.connect()
-            self._check(conn)
+            try:
+                self._check(conn)
+            except BaseException:
+                conn.close()
+                raise
             dbapi = conn.connection.driver_connection
             assert isinstance(dbapi, sqlite3.Connection)
             mode = dbapi.execute("PRAGMA journal_mode").fetchone()

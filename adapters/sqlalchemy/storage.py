@@ -234,8 +234,10 @@ class SqlAlchemyStorage:
                 conn.execute(record, {"version": SCHEMA_VERSION, "applied_at": _utcnow()})
                 return
             for version in range(int(newest) + 1, SCHEMA_VERSION + 1):  # an older one, step by step
-                for statement in UPGRADES.get(version, ()):
-                    conn.exec_driver_sql(statement)
+                for upgrade in UPGRADES.get(version, ()):
+                    only, statement = upgrade if isinstance(upgrade, tuple) else (dialect.name, upgrade)
+                    if only == dialect.name:
+                        conn.exec_driver_sql(statement)
                 conn.execute(record, {"version": version, "applied_at": _utcnow()})
 
         await self._sessions.run(True, create)
