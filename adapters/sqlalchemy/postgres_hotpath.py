@@ -4,8 +4,10 @@ A call through SQLAlchemy's ``Connection.execute`` costs about as much client ti
 spends on a short statement (parameter processing, result set-up, events), and a transaction
 around a single statement adds two round trips (BEGIN, COMMIT). Here each statement is compiled
 once, for the psycopg dialect, to its SQL text (named ``%(name)s`` parameters, with the casts
-SQLAlchemy renders), executed as a server-side prepared statement on the psycopg connection that
-SQLAlchemy's pool already holds, in autocommit mode: a single statement is one round trip.
+SQLAlchemy renders) and executed on the psycopg connection that SQLAlchemy's pool already holds,
+in autocommit mode: a single statement is one round trip. psycopg prepares a statement on the
+server after ``prepare_threshold`` (5) executions, so the hot statements run prepared; pass
+``connect_args={"prepare_threshold": None}`` behind a transaction-mode PgBouncer.
 Batches are one ``executemany`` (psycopg pipelines it: one round trip for N rows) inside one
 transaction. The SQL is the Core statement's own, so both paths run the same query.
 """
@@ -59,7 +61,7 @@ class PgHotStatements:
 
     def fetch(self, conn: Connection[Any], name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         statement = self._compiled[name]
-        cursor = conn.execute(statement.sql, statement.parameters(params), prepare=True)
+        cursor = conn.execute(statement.sql, statement.parameters(params))
         rows = cursor.fetchall()
         if not rows:
             return []
@@ -70,7 +72,7 @@ class PgHotStatements:
     def execute(self, conn: Connection[Any], name: str, params: Mapping[str, Any]) -> int:
         """Run one statement; the number of rows it changed."""
         statement = self._compiled[name]
-        return conn.execute(statement.sql, statement.parameters(params), prepare=True).rowcount
+        return conn.execute(statement.sql, statement.parameters(params)).rowcount
 
     def execute_many(self, conn: Connection[Any], name: str, batch: Sequence[Mapping[str, Any]]) -> int:
         """One pipelined ``executemany``; the number of rows changed over the batch."""
