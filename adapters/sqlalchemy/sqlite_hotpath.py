@@ -51,7 +51,7 @@ class CompiledStatement:
             KeyError: a required parameter is missing from ``values``.
         """
         constants = self._constants
-        return tuple(constants[n] if n in constants else _encode(values[n]) for n in self.names)
+        return tuple([constants[n] if n in constants else _encode(values[n]) for n in self.names])
 
 
 def _encode(value: Any) -> Any:

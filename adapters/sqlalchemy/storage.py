@@ -261,9 +261,11 @@ class SqlAlchemyStorage:
         if not unique:
             return 0
         if self._sqlite is not None:
-            hot = self._sqlite
+            hot, statement = self._sqlite, f"insert_{table_key}"
+            if len(unique) == 1:  # rowcount is 0 when the row existed
+                return await self._sessions.run_sqlite(name, lambda c: hot.execute(c, statement, unique[0]))
             return await self._sessions.run_sqlite(
-                name, lambda cursor: hot.execute_many(cursor, f"insert_{table_key}", unique), rows=len(unique)
+                name, lambda cursor: hot.execute_many(cursor, statement, unique), rows=len(unique)
             )
         pg = self._pg
         assert pg is not None
