@@ -30,6 +30,13 @@ GET_SCHEDULE: Final = sa.select(schedules).where(schedules.c.schedule_id == sa.b
 UPDATE_SCHEDULE: Final = sa.update(schedules).where(
     schedules.c.schedule_id == sa.bindparam("b_id"), schedules.c.version == sa.bindparam("b_expected")
 )
+DUE_SCHEDULES: Final = (
+    sa.select(schedules)
+    .where(schedules.c.enabled == sa.true(), schedules.c.next_fire_time <= sa.bindparam("b_now"))
+    .order_by(schedules.c.next_fire_time, schedules.c.schedule_id)
+    .limit(sa.bindparam("b_limit"))
+)
+"""Served by ix_schedules_due (enabled, next_fire_time)."""
 SCHEMA_LOCK: Final = sa.select(sa.func.pg_advisory_xact_lock(0x70697065))  # "pipe"
 
 # --------------------------------------------------------------------------- claims

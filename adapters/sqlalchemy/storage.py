@@ -111,6 +111,7 @@ def _hot_statements(dialect: str) -> dict[str, tuple[sa.Executable, Sequence[str
         "update_run": (st.UPDATE_RUN, RUN_MUTABLE_COLUMNS, None),
         "update_schedule": (st.UPDATE_SCHEDULE, SCHEDULE_MUTABLE_COLUMNS, None),
         "get_schedule": (st.GET_SCHEDULE, None, schedules),
+        "due_schedules": (st.DUE_SCHEDULES, None, schedules),
     }
     if dialect == "postgresql":
         statements["runs_by_ids"] = (by_ids["runs"], None, runs)
@@ -643,17 +644,22 @@ class SqlAlchemyStorage:
         return await self._hot_cas_many("update_schedules", "update_schedule", "get_schedule", batch)
 
     async def due_schedules(self, now: datetime, limit: int) -> list[PipelineSchedule]:
-        stmt = (
-            sa.select(schedules)
-            .where(schedules.c.enabled == sa.true(), schedules.c.next_fire_time <= now)
-            .order_by(schedules.c.next_fire_time, schedules.c.schedule_id)
-            .limit(limit)
-        )
-
-        def find(conn: Connection, _attempt: Attempt) -> list[PipelineSchedule]:
-            return [schedule_from_row(r) for r in conn.execute(stmt).mappings()]
-
-        return await self._sessions.run(False, find)
+        params = {"b_now": now, "b_limit": limit}
+        if self._sqlite is not None:
+            hot = self._sqlite
+            rows = await self._sessions.run_sqlite(
+                "due_schedules",
+                lambda cursor: hot.fetch(cursor, "due_schedules", params),
+                write=False,
+                rows=limit,
+            )
+        else:
+            pg = self._pg
+            assert pg is not None
+            rows = await self._sessions.run_postgres(
+                "due_schedules", lambda conn, _a: pg.fetch(conn, "due_schedules", params)
+            )
+        return [schedule_from_row(r) for r in rows]
 
 
 # --------------------------------------------------------------------------- helpers
