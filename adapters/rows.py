@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
+from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final
 
 from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
@@ -25,6 +27,63 @@ SCHEDULE_COLUMNS: Final = tuple(f.name for f in fields(PipelineSchedule))
 
 JSON_COLUMNS: Final = frozenset({"config", "retry_policy"})
 """Columns holding a JSON document (dict or null)."""
+
+RUN_KEY_COLUMNS: Final = ("run_id", "tenant_id", "config_id", "created_at")
+"""Set once, when the run is created; never written by a compare-and-set."""
+RUN_MUTABLE_COLUMNS: Final = tuple(c for c in RUN_COLUMNS if c not in RUN_KEY_COLUMNS)
+"""What ``update_run(s)`` writes: every other field of the run."""
+SCHEDULE_KEY_COLUMNS: Final = ("schedule_id", "tenant_id", "config_id", "created_at")
+SCHEDULE_MUTABLE_COLUMNS: Final = tuple(c for c in SCHEDULE_COLUMNS if c not in SCHEDULE_KEY_COLUMNS)
+"""What ``update_schedule(s)`` writes."""
+
+
+class Effect(StrEnum):
+    """What a queue status compare-and-set writes into one column."""
+
+    NOW = "now"
+    """The transition's ``now``."""
+    CLEAR = "clear"
+    """NULL."""
+    ERROR = "error"
+    """The transition's ``error_message``."""
+    INCREMENT = "increment"
+    """The stored value + 1."""
+
+
+QUEUE_TRANSITION_EFFECTS: Final[MappingProxyType[QueueStatus, MappingProxyType[str, Effect]]] = (
+    MappingProxyType(
+        {
+            to_status: MappingProxyType(
+                {
+                    "version": Effect.INCREMENT,
+                    "updated_at": Effect.NOW,
+                    **extra,
+                }
+            )
+            for to_status, extra in (
+                (
+                    QueueStatus.QUEUED,
+                    dict.fromkeys(
+                        ("worker_id", "claim_token", "claimed_at", "lease_expires_at"), Effect.CLEAR
+                    ),
+                ),
+                (QueueStatus.PROCESSING, {}),
+                (QueueStatus.COMPLETED, {"completed_at": Effect.NOW, "lease_expires_at": Effect.CLEAR}),
+                (
+                    QueueStatus.FAILED,
+                    {
+                        "completed_at": Effect.NOW,
+                        "lease_expires_at": Effect.CLEAR,
+                        "error_message": Effect.ERROR,
+                    },
+                ),
+            )
+        }
+    )
+)
+"""Besides ``status``, the columns ``transition_queue_item(to_status=…)`` writes, per destination
+(the queue port's contract as data: every adapter builds its compare-and-set from this table).
+Moving back to QUEUED hands the item back: its holder, token, claim time and lease are cleared."""
 
 
 def utc(value: datetime | None) -> datetime | None:

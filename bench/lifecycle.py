@@ -6,7 +6,10 @@ same table and indexes, created by pipestate's ``create_schema``; WAL, synchrono
 BEGIN IMMEDIATE, UPDATE … RETURNING claims), measured in the same run, so the printed ratio does
 not depend on the machine. Target: ours >= 0.5x raw.
 
-    python bench/lifecycle.py [--items 3000] [--processes 1 4]
+A second table prints claim latency with a backlog: 0, 10k and 100k items QUEUED and
+``--history`` finished items, on a file that was never analysed (as every new file is).
+
+    python bench/lifecycle.py [--items 3000] [--processes 1 4] [--backlogs 0 10000 100000]
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def raw_worker(path: str, items: int, worker: str) -> float:
             " claimed_at = ?, lease_expires_at = ?, updated_at = ?, attempts = attempts + 1,"
             " version = version + 1 WHERE queue_id IN (SELECT queue_id FROM x_meta_pipeline_queue"
             " WHERE status = 'QUEUED' ORDER BY priority, created_at, queue_id LIMIT 1)"
-            " AND status = 'QUEUED' RETURNING *",
+            " AND +status = 'QUEUED' RETURNING *",
             (worker, secrets.token_hex(16), stamp, lease, stamp),
         ).fetchone()
         conn.execute("COMMIT")
@@ -109,6 +112,73 @@ def ours_setup(path: str) -> None:
     asyncio.run(main())
 
 
+# --------------------------------------------------------------------------- claim latency with a backlog
+RAW_CLAIM = (
+    "UPDATE x_meta_pipeline_queue SET status = 'PROCESSING', worker_id = ?, claim_token = ?,"
+    " claimed_at = ?, lease_expires_at = ?, updated_at = ?, attempts = attempts + 1,"
+    " version = version + 1 WHERE queue_id IN (SELECT queue_id FROM x_meta_pipeline_queue"
+    " WHERE status = 'QUEUED' ORDER BY priority, created_at, queue_id LIMIT 1)"
+    " AND +status = 'QUEUED' RETURNING *"
+)
+
+
+def claim_latency(workdir: Path, queued: int, history: int, claims: int) -> tuple[float, float]:
+    """Median claim + complete latency (ms): pipestate, then raw sqlite3 (the same SQL)."""
+    path = str(workdir / f"backlog-{queued}-{secrets.token_hex(3)}.db")
+    ours_setup(path)
+    conn = _raw_connect(path)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO x_meta_pipeline_queue (queue_id, tenant_id, config, priority, created_at, status,"
+        " version, attempts, claimed_at) VALUES (?, 't', '{}', ?, ?, ?, 1, 0, ?)",
+        (
+            (
+                f"q{n}",
+                1 + n % 10,
+                f"2026-01-01 00:00:00.{n % 1_000_000:06d}",
+                "QUEUED" if n < queued + 2 * claims else "COMPLETED",
+                None if n < queued + 2 * claims else "2026-01-01 00:00:01.000000",
+            )
+            for n in range(queued + 2 * claims + history)
+        ),
+    )
+    conn.execute("COMMIT")
+
+    async def pipestate() -> list[float]:
+        storage = SqlAlchemyStorage.from_url(f"sqlite:///{path}")
+        queue = QueueManager(storage)
+        await queue.get_queue_length()
+        times = []
+        for _ in range(claims):
+            started = time.perf_counter()
+            item = await queue.dequeue("w")
+            assert item is not None
+            await queue.mark_completed(item.queue_id, claim_token=item.claim_token)
+            times.append(time.perf_counter() - started)
+        await storage.close()
+        return times
+
+    ours_ms = statistics.median(asyncio.run(pipestate())) * 1000
+    raw_times = []
+    for _ in range(claims):
+        started = time.perf_counter()
+        stamp = datetime.now(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(RAW_CLAIM, ("w", secrets.token_hex(16), stamp, stamp, stamp)).fetchone()
+        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "UPDATE x_meta_pipeline_queue SET status = 'COMPLETED', completed_at = ?, updated_at = ?,"
+            " lease_expires_at = NULL, version = version + 1"
+            " WHERE queue_id = ? AND status = 'PROCESSING' AND claim_token = ?",
+            (stamp, stamp, row[0], row[10]),
+        )
+        conn.execute("COMMIT")
+        raw_times.append(time.perf_counter() - started)
+    conn.close()
+    return ours_ms, statistics.median(raw_times) * 1000
+
+
 # --------------------------------------------------------------------------- driver
 def measure(kind: str, processes: int, items: int, workdir: Path) -> float:
     """Lifecycles per second over all processes."""
@@ -134,6 +204,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=3000, help="lifecycles per measurement (all processes)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeat", type=int, default=3, help="measurements per cell; the median is shown")
+    parser.add_argument("--backlogs", type=int, nargs="*", default=[0, 10_000, 100_000])
+    parser.add_argument("--history", type=int, default=300_000, help="finished items beside the backlog")
+    parser.add_argument("--claims", type=int, default=300)
     args = parser.parse_args()
 
     print(
@@ -153,6 +226,12 @@ def main() -> None:
             ratio = our_rate / raw_rate
             verdict = "ok" if ratio >= 0.5 else "BELOW TARGET"
             print(f"{processes:>9} | {raw_rate:>14,.0f} | {our_rate:>12,.0f} | {ratio:>5.2f}x | {verdict}")
+        if args.backlogs:
+            print(f"\nclaim + complete latency with a backlog ({args.history:,} finished items), median ms")
+            print(f"{'QUEUED':>8} | {'pipestate ms':>12} | {'raw ms':>7}")
+            for queued in args.backlogs:
+                ours_ms, raw_ms = claim_latency(workdir, queued, args.history, args.claims)
+                print(f"{queued:>8,} | {ours_ms:>12.3f} | {raw_ms:>7.3f}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The SQLite hot path: the queue's enqueue, claim and finish statements on the raw sqlite3 connection.
+"""The SQLite hot path: the statements that run once per queue item or run, on the raw sqlite3 connection.
 
-These three run once per queue item each, so their cost is the queue's throughput. SQLAlchemy's
+Enqueue, claim, finish, and the worker's run reads and compare-and-sets run once per item each,
+so their cost is the queue's throughput. SQLAlchemy's
 per-execute overhead (parameter processing, result set-up, events) is about twice the time SQLite
 itself needs for such a statement, so on SQLite they bypass it: each SQLAlchemy Core statement is
 compiled once, for the SQLite dialect, to its SQL text and positional parameter order, and then
@@ -50,7 +51,7 @@ class CompiledStatement:
             KeyError: a required parameter is missing from ``values``.
         """
         constants = self._constants
-        return tuple(constants[n] if n in constants else _encode(values[n]) for n in self.names)
+        return tuple([constants[n] if n in constants else _encode(values[n]) for n in self.names])
 
 
 def _encode(value: Any) -> Any:
@@ -91,56 +92,62 @@ class RowDecoder:
 
 
 def write_transaction(connection: sqlite3.Connection, fn: Callable[[sqlite3.Cursor], T]) -> T:
-    """Run ``fn`` inside ``BEGIN IMMEDIATE`` … ``COMMIT`` (rolled back on any error)."""
+    """Run ``fn`` inside ``BEGIN IMMEDIATE`` … ``COMMIT``; on any error the connection is left
+    outside a transaction (a COMMIT that answered "busy" leaves it open: it is rolled back)."""
     cursor = connection.cursor()
     try:
         cursor.execute("BEGIN IMMEDIATE")
         try:
             result = fn(cursor)
+            cursor.execute("COMMIT")
         except BaseException:
-            cursor.execute("ROLLBACK")
+            if connection.in_transaction:
+                cursor.execute("ROLLBACK")
             raise
-        cursor.execute("COMMIT")
         return result
     finally:
         cursor.close()
 
 
-class QueueHotPath:
-    """Enqueue, claim and finish of queue items, compiled once, run on a raw sqlite3 cursor.
+class HotStatements:
+    """Named Core statements compiled once for SQLite, run on a raw ``sqlite3`` cursor.
 
     Args:
-        insert: the insert-if-absent statement for queue rows (its RETURNING lists inserted keys).
-        claim: the claim statement (UPDATE … RETURNING every column).
-        transitions: the status compare-and-set statements by (destination, fenced).
-        table: the queue table, to decode returned rows.
+        statements: name -> (statement, the column keys of its values or None, the table whose
+            rows it returns or None).
     """
 
     def __init__(
-        self,
-        *,
-        insert: sa.Executable,
-        insert_columns: Sequence[str],
-        claim: sa.Executable,
-        transitions: Mapping[Any, sa.Executable],
-        table: sa.Table,
+        self, statements: Mapping[str, tuple[sa.Executable, Sequence[str] | None, sa.Table | None]]
     ) -> None:
-        self._insert = CompiledStatement(insert, insert_columns)
-        self._claim = CompiledStatement(claim)
-        self._transitions = {key: CompiledStatement(stmt) for key, stmt in transitions.items()}
-        self._decoder = RowDecoder(table)
+        self._compiled = {name: CompiledStatement(stmt, keys) for name, (stmt, keys, _) in statements.items()}
+        self._decoders = {
+            name: RowDecoder(table) for name, (_, _, table) in statements.items() if table is not None
+        }
 
-    def insert(self, cursor: sqlite3.Cursor, rows: Sequence[Mapping[str, Any]]) -> int:
-        inserted = 0
-        for row in rows:
-            inserted += len(cursor.execute(self._insert.sql, self._insert.parameters(row)).fetchall())
-        return inserted
-
-    def claim(self, cursor: sqlite3.Cursor, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        rows = cursor.execute(self._claim.sql, self._claim.parameters(params)).fetchall()
+    def fetch(self, cursor: sqlite3.Cursor, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        statement = self._compiled[name]
+        rows = cursor.execute(statement.sql, statement.parameters(params)).fetchall()
+        if not rows:
+            return []
         names = [d[0] for d in cursor.description]
-        return [self._decoder.decode(names, row) for row in rows]
+        decode = self._decoders[name].decode
+        return [decode(names, row) for row in rows]
 
-    def transition(self, cursor: sqlite3.Cursor, key: Any, params: Mapping[str, Any]) -> bool:
-        statement = self._transitions[key]
-        return cursor.execute(statement.sql, statement.parameters(params)).rowcount == 1
+    def execute(self, cursor: sqlite3.Cursor, name: str, params: Mapping[str, Any]) -> int:
+        """Run one statement; the number of rows it changed."""
+        statement = self._compiled[name]
+        return int(cursor.execute(statement.sql, statement.parameters(params)).rowcount)
+
+    def execute_many(self, cursor: sqlite3.Cursor, name: str, batch: Sequence[Mapping[str, Any]]) -> int:
+        """One ``executemany``; the number of rows changed over the whole batch.
+
+        Counted with ``total_changes``, which (unlike a RETURNING clause, refused by
+        ``executemany``) also counts an ``INSERT … ON CONFLICT DO NOTHING`` right: rows skipped
+        as conflicts change nothing.
+        """
+        statement = self._compiled[name]
+        connection = cursor.connection
+        before = connection.total_changes
+        cursor.executemany(statement.sql, [statement.parameters(params) for params in batch])
+        return connection.total_changes - before

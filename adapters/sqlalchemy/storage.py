@@ -1,42 +1,40 @@
 """``SqlAlchemyStorage``: the Storage port on SQLAlchemy Core, for SQLite and PostgreSQL.
 
-Statements are built once (module level) with bound parameters, so SQLAlchemy's compiled cache
-serves every call. The blocking driver runs on a small thread pool the storage owns: one thread
-and one long-lived connection for SQLite (SQLite serialises writers anyway, and a persistent
-connection skips pool checkouts on the hot path), a pool-sized set of threads for PostgreSQL.
+The port methods live here; the statements in :mod:`~pipestate.adapters.sqlalchemy.statements`,
+connections, transactions, error translation and retries in
+:mod:`~pipestate.adapters.sqlalchemy.session`.
+
+The operations that run once per queue item or per run (enqueue, claim, finish, lease, the
+worker's run read and compare-and-sets) and the tick's batches take each backend's hot path:
+Core statements compiled once and run on the raw driver connection
+(:mod:`~pipestate.adapters.sqlalchemy.sqlite_hotpath`,
+:mod:`~pipestate.adapters.sqlalchemy.postgres_hotpath`). Everything else goes through
+SQLAlchemy. Both paths run the same SQL.
 
 SQLite: WAL, ``synchronous=NORMAL``, ``busy_timeout``; write transactions start with
 ``BEGIN IMMEDIATE`` so that a transaction never has to upgrade a read lock to a write lock (the
 upgrade is what fails at once with "database is locked" in WAL mode, whatever the busy timeout).
 PostgreSQL: claims lock their rows with ``FOR UPDATE SKIP LOCKED`` in a CTE, so concurrent
-claims never wait for each other and never return one item twice.
+claims never wait for each other and never return one item twice; single statements run in
+autocommit mode (one round trip each), batches in one transaction.
 
-Errors: driver exceptions become :class:`StorageUnavailable` (transient: lost connection,
-serialization failure, deadlock, busy database, server shutting down) or :class:`StorageError`
-(everything else). A transient failure is retried with tenacity (bounded attempts and time,
-exponential backoff with jitter): every port operation is idempotent or a compare-and-set.
-When the connection died while a transaction was committing, its outcome is unknown; the retry
-then reads back what the first attempt may have written (see ``_lost_commit``) instead of
-reporting a lost race that was in fact won.
+A transient failure is retried (bounded attempts and time, exponential backoff with jitter):
+every port operation is idempotent or a compare-and-set. When the connection died while a
+statement was committing, its outcome is unknown; the retry's :class:`Attempt` says so and the
+operation reads back what the first try may have written instead of reporting a lost race that
+was in fact won.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import math
 import sqlite3
-import threading
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import sqlalchemy as sa
-import tenacity
-from sqlalchemy import event, exc
+from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
@@ -44,7 +42,8 @@ from sqlalchemy.pool import StaticPool
 from pipestate.adapters.rows import (
     QUEUE_COLUMNS,
     RUN_COLUMNS,
-    SCHEDULE_COLUMNS,
+    RUN_MUTABLE_COLUMNS,
+    SCHEDULE_MUTABLE_COLUMNS,
     queue_from_row,
     queue_to_row,
     run_from_row,
@@ -53,7 +52,9 @@ from pipestate.adapters.rows import (
     schedule_to_row,
     utc,
 )
-from pipestate.adapters.sqlalchemy.sqlite_hotpath import QueueHotPath, write_transaction
+from pipestate.adapters.sqlalchemy import statements as st
+from pipestate.adapters.sqlalchemy.session import Attempt, Sessions, prepare_sqlite_engine
+from pipestate.adapters.sqlalchemy.sqlite_hotpath import HotStatements
 from pipestate.adapters.sqlalchemy.tables import (
     SCHEMA_VERSION,
     UPGRADES,
@@ -64,219 +65,82 @@ from pipestate.adapters.sqlalchemy.tables import (
     schema_version,
 )
 from pipestate.application.clock import SYSTEM_CLOCK
-from pipestate.domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
+from pipestate.domain.errors import RunNotFound, ScheduleNotFound, StorageError
 from pipestate.domain.pipeline_schedule import PipelineSchedule
 from pipestate.domain.ports import Capability, RunFilter, RunOrder
 from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus
 from pipestate.domain.run import PipelineRun, RunState
 
+if TYPE_CHECKING:
+    from pipestate.adapters.sqlalchemy.postgres_hotpath import PgHotStatements
+
 T = TypeVar("T")
 
-SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
-TRANSIENT_RETRIES: Final = 5
-"""Retries after the first attempt of an operation that failed transiently."""
-TRANSIENT_RETRY_SECONDS: Final = 20.0
-"""No retry starts later than this after the first retry."""
-
-_WRITE_OPTION: Final = "pipestate_write"
-
-# --------------------------------------------------------------------------- statements, built once
-_RUN_MUTABLE: Final = tuple(
-    c for c in RUN_COLUMNS if c not in ("run_id", "tenant_id", "config_id", "created_at")
-)
-_SCHEDULE_MUTABLE: Final = tuple(
-    c for c in SCHEDULE_COLUMNS if c not in ("schedule_id", "tenant_id", "config_id", "created_at")
-)
-
-_GET_RUN: Final = sa.select(runs).where(runs.c.run_id == sa.bindparam("b_id"))
-_RUN_EXISTS: Final = sa.select(runs.c.run_id).where(runs.c.run_id == sa.bindparam("b_id"))
-_UPDATE_RUN: Final = sa.update(runs).where(
-    runs.c.run_id == sa.bindparam("b_id"), runs.c.version == sa.bindparam("b_expected")
-)
-_GET_ITEM: Final = sa.select(queue).where(queue.c.queue_id == sa.bindparam("b_id"))
-_GET_SCHEDULE: Final = sa.select(schedules).where(schedules.c.schedule_id == sa.bindparam("b_id"))
-_UPDATE_SCHEDULE: Final = sa.update(schedules).where(
-    schedules.c.schedule_id == sa.bindparam("b_id"), schedules.c.version == sa.bindparam("b_expected")
-)
-
-_CLAIM_VALUES: Final = {
-    "status": QueueStatus.PROCESSING.value,
-    "worker_id": sa.bindparam("b_worker"),
-    "claim_token": sa.bindparam("b_token"),
-    "claimed_at": sa.bindparam("b_now"),
-    "updated_at": sa.bindparam("b_now"),
-    "lease_expires_at": sa.bindparam("b_lease"),
-    "attempts": queue.c.attempts + 1,
-    "version": queue.c.version + 1,
+_BY_KEY: Final = {
+    "runs": (runs, "run_id"),
+    "queue": (queue, "queue_id"),
 }
 
 
-def _claim_pick() -> sa.Select[tuple[str]]:
-    # Served by ix_queue_claim (status, priority, created_at, queue_id).
-    return (
-        sa.select(queue.c.queue_id)
-        .where(queue.c.status == QueueStatus.QUEUED.value)
-        .order_by(queue.c.priority, queue.c.created_at, queue.c.queue_id)
-        .limit(sa.bindparam("b_limit"))
-    )
+def _transition_name(to_status: QueueStatus, fenced: bool) -> str:
+    return f"transition_{to_status.value}_{'fenced' if fenced else 'open'}"
 
 
-# SQLite: the transaction is BEGIN IMMEDIATE (one writer at a time), so a plain subquery is atomic.
-_CLAIM_SQLITE: Final = (
-    sa.update(queue)
-    .where(queue.c.queue_id.in_(_claim_pick().scalar_subquery()), queue.c.status == QueueStatus.QUEUED.value)
-    .values(**_CLAIM_VALUES)
-    .returning(*queue.c)
-)
-# PostgreSQL: the pick must run exactly once. As ``IN (subquery … LIMIT n FOR UPDATE SKIP LOCKED)``
-# the planner may rescan the subquery once per outer row, and each rescan skips the rows this very
-# statement already updated, so one claim took more than ``n`` items. A CTE with FOR UPDATE is
-# never inlined: it is evaluated once, and its rows stay locked until commit.
-_CLAIM_PICKED: Final = _claim_pick().with_for_update(skip_locked=True).cte("picked")
-_CLAIM_POSTGRES: Final = (
-    sa.update(queue)
-    .where(queue.c.queue_id == _CLAIM_PICKED.c.queue_id)
-    .values(**_CLAIM_VALUES)
-    .returning(*queue.c)
-)
-# After a lost commit: the items that attempt stamped with this claim token, if it did commit.
-_CLAIMED_BY_TOKEN: Final = sa.select(queue).where(
-    queue.c.claim_token == sa.bindparam("b_token"), queue.c.status == QueueStatus.PROCESSING.value
-)
-
-_EXTEND_LEASE: Final = (
-    sa.update(queue)
-    .where(
-        queue.c.queue_id == sa.bindparam("b_id"),
-        queue.c.status == QueueStatus.PROCESSING.value,
-        queue.c.claim_token == sa.bindparam("b_token"),
-    )
-    .values(lease_expires_at=sa.bindparam("b_lease"), version=queue.c.version + 1)
-)
-
-
-def _transition_statement(to_status: QueueStatus, fenced: bool) -> sa.Update:
-    conditions = [queue.c.queue_id == sa.bindparam("b_id"), queue.c.status == sa.bindparam("b_from")]
-    if fenced:
-        conditions.append(queue.c.claim_token == sa.bindparam("b_token"))
-    values: dict[str, Any] = {
-        "status": to_status.value,
-        "version": queue.c.version + 1,
-        "updated_at": sa.bindparam("b_now"),
+def _hot_statements(dialect: str) -> dict[str, tuple[sa.Executable, Sequence[str] | None, sa.Table | None]]:
+    """The hot path's statements by name: (statement, column keys of its values, returned table)."""
+    if dialect == "sqlite":  # executemany refuses RETURNING; inserted rows are counted instead
+        insert_queue: sa.Executable = sqlite.insert(queue).on_conflict_do_nothing(index_elements=["queue_id"])
+        insert_runs: sa.Executable = sqlite.insert(runs).on_conflict_do_nothing(index_elements=["run_id"])
+    else:
+        insert_queue, insert_runs = st.insert_if_absent(dialect, queue), st.insert_if_absent(dialect, runs)
+    by_ids = {
+        name: sa.select(table).where(
+            table.c[key] == sa.func.any(sa.bindparam("b_ids", type_=postgresql.ARRAY(sa.String)))
+        )
+        for name, (table, key) in _BY_KEY.items()
     }
-    if to_status in (QueueStatus.COMPLETED, QueueStatus.FAILED):
-        values.update(completed_at=sa.bindparam("b_now"), lease_expires_at=None)
-        if to_status is QueueStatus.FAILED:
-            values["error_message"] = sa.bindparam("b_error")
-    elif to_status is QueueStatus.QUEUED:
-        values.update(worker_id=None, claim_token=None, claimed_at=None, lease_expires_at=None)
-    return sa.update(queue).where(*conditions).values(**values)
-
-
-_TRANSITIONS: Final = {
-    (status, fenced): _transition_statement(status, fenced)
-    for status in QueueStatus
-    for fenced in (False, True)
-}
-
-
-@dataclass(frozen=True)
-class _Dialect:
-    name: str
-    insert: Callable[..., Any]
-    wait_seconds: Callable[[], sa.ColumnElement[float]]
-    claim: sa.UpdateBase
-
-
-def _sqlite_wait() -> sa.ColumnElement[float]:
-    return (sa.func.julianday(queue.c.claimed_at) - sa.func.julianday(queue.c.created_at)) * 86400.0
-
-
-def _postgres_wait() -> sa.ColumnElement[float]:
-    return sa.cast(sa.extract("epoch", queue.c.claimed_at - queue.c.created_at), sa.Float)
-
-
-_DIALECTS: Final = {
-    "sqlite": _Dialect("sqlite", sqlite.insert, _sqlite_wait, _CLAIM_SQLITE),
-    "postgresql": _Dialect("postgresql", postgresql.insert, _postgres_wait, _CLAIM_POSTGRES),
-}
-
-
-# --------------------------------------------------------------------------- SQLite connection set-up
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Let SQLAlchemy's "begin" event emit BEGIN itself (the pysqlite recipe), so that write
-    # transactions can be BEGIN IMMEDIATE.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
-    finally:
-        cursor.close()
-
-
-def _sqlite_on_begin(conn: Connection) -> None:
-    immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def _prepare_sqlite_engine(engine: Engine) -> None:
-    if getattr(engine, "_pipestate_prepared", False):
-        return
-    event.listen(engine, "connect", _sqlite_on_connect)
-    event.listen(engine, "begin", _sqlite_on_begin)
-    engine._pipestate_prepared = True  # type: ignore[attr-defined]
-
-
-# --------------------------------------------------------------------------- errors and retries
-_PG_TRANSIENT_SQLSTATES: Final = frozenset(
-    {
-        "40001",  # serialization_failure
-        "40P01",  # deadlock_detected
-        "55P03",  # lock_not_available
-        "57014",  # query_canceled (statement_timeout)
-        "57P01",  # admin_shutdown (pg_terminate_backend, server stopping)
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now (server starting)
-        "53300",  # too_many_connections
-        "53400",  # configuration_limit_exceeded
+    statements: dict[str, tuple[sa.Executable, Sequence[str] | None, sa.Table | None]] = {
+        "insert_queue": (insert_queue, QUEUE_COLUMNS, None),
+        "insert_runs": (insert_runs, RUN_COLUMNS, None),
+        "claim": (st.DIALECTS[dialect].claim, None, queue),
+        "claimed_by_token": (st.CLAIMED_BY_TOKEN, None, queue),
+        "extend_lease": (st.EXTEND_LEASE, None, None),
+        "get_item": (st.GET_ITEM, None, queue),
+        "get_run": (st.GET_RUN, None, runs),
+        "run_exists": (st.RUN_EXISTS, None, runs),
+        "update_run": (st.UPDATE_RUN, RUN_MUTABLE_COLUMNS, None),
+        "update_schedule": (st.UPDATE_SCHEDULE, SCHEDULE_MUTABLE_COLUMNS, None),
+        "get_schedule": (st.GET_SCHEDULE, None, schedules),
+        "due_schedules": (st.DUE_SCHEDULES, None, schedules),
     }
-)
-_SQLITE_BUSY: Final = 5
-_SQLITE_LOCKED: Final = 6
+    if dialect == "postgresql":
+        statements["runs_by_ids"] = (by_ids["runs"], None, runs)
+        statements["queue_by_ids"] = (by_ids["queue"], None, queue)
+    for (to_status, fenced), statement in st.QUEUE_TRANSITIONS.items():
+        statements[_transition_name(to_status, fenced)] = (statement, None, None)
+    return statements
 
 
-def _is_transient(error: exc.DBAPIError) -> bool:
-    if error.connection_invalidated:
-        return True
-    orig = error.orig
-    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
-    if sqlstate:
-        return bool(sqlstate.startswith("08") or sqlstate in _PG_TRANSIENT_SQLSTATES)
-    sqlite_code = getattr(orig, "sqlite_errorcode", None)
-    if sqlite_code is not None:  # "database is locked" is transient; "no such table" is not
-        return sqlite_code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    # No code at all: the driver lost (or never got) its connection.
-    return isinstance(error, exc.OperationalError | exc.InterfaceError)
+_SQLITE_HOT: HotStatements | None = None
+_PG_HOT: PgHotStatements | None = None
 
 
-def _retrying() -> tenacity.Retrying:
-    """The retry policy for the attempts after a transient failure (the first retry is immediate:
-    most transient failures are a dead connection, replaced at once)."""
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(StorageUnavailable),
-        stop=(
-            tenacity.stop_after_attempt(TRANSIENT_RETRIES)
-            | tenacity.stop_after_delay(TRANSIENT_RETRY_SECONDS)
-        ),
-        # 20 ms, 40 ms, 80 ms … capped at 1 s, plus up to 50 ms of jitter so retries spread out.
-        wait=tenacity.wait_exponential(multiplier=0.02, max=1.0) + tenacity.wait_random(0, 0.05),
-        reraise=True,
-    )
+def _sqlite_hot() -> HotStatements:
+    global _SQLITE_HOT
+    if _SQLITE_HOT is None:
+        _SQLITE_HOT = HotStatements(_hot_statements("sqlite"))
+    return _SQLITE_HOT
 
 
-# --------------------------------------------------------------------------- the storage
+def _postgres_hot() -> PgHotStatements:
+    global _PG_HOT
+    if _PG_HOT is None:
+        from pipestate.adapters.sqlalchemy.postgres_hotpath import PgHotStatements
+
+        _PG_HOT = PgHotStatements({n: (s, k) for n, (s, k, _) in _hot_statements("postgresql").items()})
+    return _PG_HOT
+
+
 class SqlAlchemyStorage:
     """The Storage port on a SQLAlchemy ``Engine`` (SQLite file or memory, PostgreSQL).
 
@@ -287,25 +151,25 @@ class SqlAlchemyStorage:
 
     def __init__(self, engine: Engine, *, threads: int | None = None) -> None:
         name = engine.dialect.name
-        self._hot: QueueHotPath | None = None
-        self._inline: tuple[Connection, sqlite3.Connection] | None = None
-        self._inline_thread: int | None = None
-        self._inline_lock = threading.Lock()
-        if name not in _DIALECTS:
+        if name not in st.DIALECTS:
             raise StorageError(f"unsupported SQLAlchemy dialect {name!r} (use sqlite or postgresql)")
         self._engine = engine
-        self._dialect = _DIALECTS[name]
-        self._sqlite = name == "sqlite"
-        if self._sqlite:
-            _prepare_sqlite_engine(engine)
-            self._hot = _sqlite_hot_path()
+        self._dialect = st.DIALECTS[name]
+        self._sqlite: HotStatements | None = None
+        self._pg: PgHotStatements | None = None
+        if name == "sqlite":
+            prepare_sqlite_engine(engine)
+            self._sqlite = _sqlite_hot()
             threads = 1
-        elif threads is None:
-            threads = max(getattr(engine.pool, "size", lambda: 5)(), 1)
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pipestate-db")
-        self._local = threading.local()
-        self._connections: list[Connection] = []
-        self._closed = False
+        else:
+            if engine.dialect.driver != "psycopg":
+                raise StorageError(
+                    f"unsupported PostgreSQL driver {engine.dialect.driver!r}: use postgresql+psycopg://"
+                )
+            self._pg = _postgres_hot()
+            if threads is None:
+                threads = max(getattr(engine.pool, "size", lambda: 5)(), 1)
+        self._sessions = Sessions(engine, threads)
 
     @classmethod
     def from_url(cls, url: str, **engine_kwargs: Any) -> SqlAlchemyStorage:
@@ -329,6 +193,7 @@ class SqlAlchemyStorage:
             kwargs["connect_args"] = {"application_name": "pipestate", **kwargs.get("connect_args", {})}
         try:
             engine = sa.create_engine(parsed, **kwargs)
+            return cls(engine)
         except ImportError as error:
             raise StorageError(
                 f"cannot create an engine for {shown}: its driver is not installed ({error}); "
@@ -336,7 +201,6 @@ class SqlAlchemyStorage:
             ) from error
         except (exc.ArgumentError, exc.NoSuchModuleError, TypeError) as error:
             raise StorageError(f"cannot create an engine for {shown}: {error}") from error
-        return cls(engine)
 
     @property
     def engine(self) -> Engine:
@@ -344,162 +208,20 @@ class SqlAlchemyStorage:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        if self._sqlite:
+        if self._sqlite is not None:
             memory = self._engine.url.database in (None, "", ":memory:")
             return frozenset() if memory else frozenset({Capability.MULTI_PROCESS})
         return frozenset({Capability.MULTI_PROCESS, Capability.MULTI_HOST, Capability.SKIP_LOCKED})
 
-    # ------------------------------------------------------------------ plumbing
-    def _connection(self) -> Connection:
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self._engine.connect()
-            self._local.conn = conn
-            self._connections.append(conn)
-        return conn
-
-    def _discard(self, conn: Connection) -> None:
-        """Drop this thread's connection after a failure that may have broken it."""
-        if self._sqlite and not conn.invalidated:
-            return  # the one SQLite connection (and an in-memory database with it) stays
-        self._local.conn = None
-        if conn in self._connections:
-            self._connections.remove(conn)
-        with contextlib.suppress(exc.SQLAlchemyError):  # it is gone either way
-            if not conn.invalidated:
-                conn.invalidate()
-            conn.close()
-
-    def _transaction(self, write: bool, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` in one transaction on this thread's connection, retrying transient errors."""
-        try:
-            return self._attempt(write, fn)
-        except StorageUnavailable as failure:
-            return self._retry(write, fn, failure)
-
-    def _retry(self, write: bool, fn: Callable[[Connection], T], failure: StorageUnavailable) -> T:
-        local = self._local
-        local.lost_commit = bool(failure.extra.get("lost_commit"))
-
-        def attempt() -> T:
-            try:
-                return self._attempt(write, fn)
-            except StorageUnavailable as again:
-                local.lost_commit = local.lost_commit or bool(again.extra.get("lost_commit"))
-                raise
-
-        try:
-            return _retrying()(attempt)
-        finally:
-            local.lost_commit = False
-
-    def _lost_commit(self) -> bool:
-        """True while retrying an operation whose earlier attempt died during its commit.
-
-        That attempt may have committed: a compare-and-set then finds its own write (version
-        moved on) and must report success, and a claim must return the items it stamped.
-        """
-        return bool(getattr(self._local, "lost_commit", False))
-
-    def _attempt(self, write: bool, fn: Callable[[Connection], T]) -> T:
-        conn: Connection | None = None
-        committing = False
-        try:
-            conn = self._connection()
-            if self._sqlite:
-                conn.execution_options(**{_WRITE_OPTION: write})
-            with conn.begin():
-                result = fn(conn)
-                committing = True
-            return result
-        except exc.DBAPIError as error:
-            transient = _is_transient(error)
-            if conn is not None and (transient or conn.invalidated):
-                self._discard(conn)
-            message = f"{self._dialect.name}: {_describe(error)}"
-            if transient:
-                raise StorageUnavailable(message, operation=fn.__name__, lost_commit=committing) from error
-            raise StorageError(message, operation=fn.__name__) from error
-        except exc.TimeoutError as error:  # no pooled connection free in time
-            raise StorageUnavailable(f"{self._dialect.name}: {error}", operation=fn.__name__) from error
-        except exc.SQLAlchemyError as error:
-            if conn is not None and conn.invalidated:
-                self._discard(conn)
-            raise StorageError(f"{self._dialect.name}: {error}", operation=fn.__name__) from error
-
-    async def _run(self, write: bool, fn: Callable[[Connection], T]) -> T:
-        if self._closed:
-            raise StorageError("storage is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, write, fn)
-
-    async def _run_hot(self, name: str, fn: Callable[[sqlite3.Cursor], T]) -> T:
-        """Run ``fn`` in a BEGIN IMMEDIATE transaction on a raw SQLite connection (the hot path).
-
-        On a file database the statement first runs inline, on the event loop's own connection
-        whose busy timeout is zero: uncontended, that costs one short synchronous statement and no
-        thread hand-off (which costs more than the statement itself). If another connection holds
-        the write lock, SQLite answers "busy" at once and the work goes to the storage's thread,
-        which waits for the lock with the full busy timeout and retries, off the event loop.
-        """
-        if self._closed:
-            raise StorageError("storage is closed")
-        inline = self._inline_connection()
-        if inline is not None:
-            try:
-                return write_transaction(inline, fn)
-            except sqlite3.Error as error:
-                if getattr(error, "sqlite_errorcode", 0) & 0xFF not in (_SQLITE_BUSY, _SQLITE_LOCKED):
-                    raise StorageError(f"sqlite: {type(error).__name__}: {error}", operation=name) from error
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._hot_transaction, name, fn)
-
-    def _inline_connection(self) -> sqlite3.Connection | None:
-        """The event loop thread's own connection to a SQLite *file* (busy timeout 0), or None.
-
-        It belongs to the first thread that asks; calls from any other thread use the storage's
-        thread instead, so the connection is never shared between threads.
-        """
-        me = threading.get_ident()
-        with self._inline_lock:  # claim ownership atomically: two loops may ask at once
-            if self._inline_thread is None:
-                memory = self._engine.url.database in (None, "", ":memory:")
-                # One shared in-memory connection: only the storage's thread may use it.
-                self._inline_thread = -1 if memory else me
-            if self._inline_thread != me:
-                return None
-        if self._inline is None:
-            conn = self._engine.connect()
-            dbapi = conn.connection.driver_connection
-            assert isinstance(dbapi, sqlite3.Connection)
-            dbapi.execute("PRAGMA busy_timeout = 0")
-            self._inline = (conn, dbapi)
-        return self._inline[1]
-
-    def _hot_transaction(self, name: str, fn: Callable[[sqlite3.Cursor], T]) -> T:
-        def attempt() -> T:
-            dbapi = self._connection().connection.driver_connection
-            assert isinstance(dbapi, sqlite3.Connection)
-            try:
-                return write_transaction(dbapi, fn)
-            except sqlite3.Error as error:
-                code = getattr(error, "sqlite_errorcode", 0) & 0xFF
-                message = f"sqlite: {type(error).__name__}: {error}"
-                if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
-                    raise StorageUnavailable(message, operation=name) from error
-                raise StorageError(message, operation=name) from error
-
-        try:
-            return attempt()
-        except StorageUnavailable:
-            return _retrying()(attempt)
-
+    # ------------------------------------------------------------------ schema
     async def create_schema(self) -> None:
-        def create(conn: Connection) -> None:
-            if not self._sqlite:
+        dialect = self._dialect
+
+        def create(conn: Connection, _attempt: Attempt) -> None:
+            if dialect.name == "postgresql":
                 # Serialise concurrent create_schema calls (many workers starting at once):
                 # CREATE TABLE IF NOT EXISTS alone races on PostgreSQL's catalog.
-                conn.execute(_SCHEMA_LOCK)
+                conn.execute(st.SCHEMA_LOCK)
             metadata.create_all(conn, checkfirst=True)
             newest = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
             if newest is not None and int(newest) > SCHEMA_VERSION:
@@ -508,82 +230,117 @@ class SqlAlchemyStorage:
                     f"{SCHEMA_VERSION}: upgrade pipestate",
                     operation="create_schema",
                 )
-            record = self._dialect.insert(schema_version).on_conflict_do_nothing()
+            record = dialect.insert(schema_version).on_conflict_do_nothing()
             if newest is None:  # a new database: create_all just made it at SCHEMA_VERSION
                 conn.execute(record, {"version": SCHEMA_VERSION, "applied_at": _utcnow()})
                 return
             for version in range(int(newest) + 1, SCHEMA_VERSION + 1):  # an older one, step by step
-                for statement in UPGRADES.get(version, ()):
-                    conn.exec_driver_sql(statement)
+                for upgrade in UPGRADES.get(version, ()):
+                    only, statement = upgrade if isinstance(upgrade, tuple) else (dialect.name, upgrade)
+                    if only == dialect.name:
+                        conn.exec_driver_sql(statement)
                 conn.execute(record, {"version": version, "applied_at": _utcnow()})
 
-        await self._run(True, create)
+        await self._sessions.run(True, create)
 
     async def schema_versions(self) -> list[int]:
         """Schema versions applied to this database, oldest first."""
 
-        def read(conn: Connection) -> list[int]:
-            return [
-                int(v)
-                for v in conn.execute(
-                    sa.select(schema_version.c.version).order_by(schema_version.c.version)
-                ).scalars()
-            ]
+        def read(conn: Connection, _attempt: Attempt) -> list[int]:
+            stmt = sa.select(schema_version.c.version).order_by(schema_version.c.version)
+            return [int(v) for v in conn.execute(stmt).scalars()]
 
-        return await self._run(False, read)
+        return await self._sessions.run(False, read)
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._inline is not None:
-            conn, dbapi = self._inline
-            self._inline = None
-            with contextlib.suppress(sqlite3.Error, exc.SQLAlchemyError):
-                dbapi.execute(
-                    f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"
-                )  # back to the pool as it came
-                conn.close()
+        await self._sessions.close()
 
-        def close_all() -> None:
-            for conn in self._connections:
-                with contextlib.suppress(exc.SQLAlchemyError):  # one the server already dropped
-                    conn.close()
-
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, close_all)
-        self._executor.shutdown(wait=True)
-        self._engine.dispose()
-
-    # ------------------------------------------------------------------ runs
-    def _insert_if_absent(
-        self, table: sa.Table, key: str, rows: list[dict[str, Any]]
-    ) -> Callable[[Connection], int]:
+    # ------------------------------------------------------------------ shared hot-path helpers
+    async def _hot_insert(self, name: str, table_key: str, rows: list[dict[str, Any]]) -> int:
+        key = _BY_KEY[table_key][1]
         unique = list({row[key]: row for row in rows}.values())
-        stmt = _insert_if_absent_statement(self._dialect.name, table)
+        if not unique:
+            return 0
+        if self._sqlite is not None:
+            hot, statement = self._sqlite, f"insert_{table_key}"
+            if len(unique) == 1:  # rowcount is 0 when the row existed
+                return await self._sessions.run_sqlite(name, lambda c: hot.execute(c, statement, unique[0]))
+            return await self._sessions.run_sqlite(
+                name, lambda cursor: hot.execute_many(cursor, statement, unique), rows=len(unique)
+            )
+        pg = self._pg
+        assert pg is not None
 
-        def insert(conn: Connection) -> int:
-            if not unique:
-                return 0
-            inserted = {row[0] for row in conn.execute(stmt, unique)}
-            if len(inserted) < len(unique) and self._lost_commit():
-                # Rows an attempt whose commit was lost may have written: ours if identical.
+        def insert(conn: Any, attempt: Attempt) -> int:
+            if len(unique) == 1:
+                inserted = {r[key] for r in pg.fetch(conn, f"insert_{table_key}", unique[0])}
+            else:
+                inserted = pg.insert_many(conn, f"insert_{table_key}", unique)
+            if len(inserted) < len(unique) and attempt.lost_commit:
+                # Rows a try whose commit was lost may have written: ours if identical.
                 rest = [row for row in unique if row[key] not in inserted]
-                return len(inserted) + _count_written(conn, table, key, rest)
+                stored = {
+                    r[key]: r
+                    for r in pg.fetch(conn, f"{table_key}_by_ids", {"b_ids": [r[key] for r in rest]})
+                }
+                return len(inserted) + sum(
+                    row[key] in stored and _holds(stored[row[key]], row, row.keys()) for row in rest
+                )
             return len(inserted)
 
-        insert.__name__ = f"insert_{table.name}"
-        return insert
+        return await self._sessions.run_postgres(name, insert, transaction=len(unique) > 1)
 
+    async def _hot_get(self, name: str, statement: str, key: str) -> dict[str, Any] | None:
+        params = {"b_id": key}
+        if self._sqlite is not None:
+            hot = self._sqlite
+            rows = await self._sessions.run_sqlite(
+                name, lambda cursor: hot.fetch(cursor, statement, params), write=False
+            )
+        else:
+            pg = self._pg
+            assert pg is not None
+            rows = await self._sessions.run_postgres(name, lambda conn, _a: pg.fetch(conn, statement, params))
+        return rows[0] if rows else None
+
+    async def _hot_cas_many(self, name: str, statement: str, get: str, batch: list[dict[str, Any]]) -> int:
+        """One transaction of compare-and-sets, sent as one executemany.
+
+        While retrying a lost commit the pairs go one by one, so that a row already holding our
+        values (written by the try whose commit was lost) counts as applied.
+        """
+        if not batch:
+            return 0
+        if self._sqlite is not None:
+            hot = self._sqlite
+            return await self._sessions.run_sqlite(
+                name, lambda cursor: hot.execute_many(cursor, statement, batch), rows=len(batch)
+            )
+        pg = self._pg
+        assert pg is not None
+        mutable = tuple(k for k in batch[0] if not k.startswith("b_"))
+
+        def update_all(conn: Any, attempt: Attempt) -> int:
+            if not attempt.lost_commit:
+                return pg.execute_many(conn, statement, batch)
+            applied = 0
+            for params in batch:
+                if pg.execute(conn, statement, params) == 1:
+                    applied += 1
+                else:
+                    rows = pg.fetch(conn, get, {"b_id": params["b_id"]})
+                    applied += bool(rows) and _holds(rows[0], params, mutable)
+            return applied
+
+        return await self._sessions.run_postgres(name, update_all, transaction=True)
+
+    # ------------------------------------------------------------------ runs
     async def insert_runs(self, runs_: Sequence[PipelineRun]) -> int:
-        return await self._run(True, self._insert_if_absent(runs, "run_id", [run_to_row(r) for r in runs_]))
+        return await self._hot_insert("insert_runs", "runs", [run_to_row(r) for r in runs_])
 
     async def get_run(self, run_id: str) -> PipelineRun | None:
-        def get(conn: Connection) -> PipelineRun | None:
-            row = conn.execute(_GET_RUN, {"b_id": run_id}).mappings().first()
-            return None if row is None else run_from_row(row)
-
-        return await self._run(False, get)
+        row = await self._hot_get("get_run", "get_run", run_id)
+        return None if row is None else run_from_row(row)
 
     async def get_runs(self, run_ids: Collection[str]) -> list[PipelineRun]:
         ids = sorted(set(run_ids))
@@ -593,40 +350,48 @@ class SqlAlchemyStorage:
             .order_by(runs.c.run_id)
         )
 
-        def get(conn: Connection) -> list[PipelineRun]:
+        def get(conn: Connection, _attempt: Attempt) -> list[PipelineRun]:
             if not ids:
                 return []
             return [run_from_row(r) for r in conn.execute(stmt, {"b_ids": ids}).mappings()]
 
-        return await self._run(False, get)
+        return await self._sessions.run(False, get)
 
     async def update_run(self, run: PipelineRun, expected_version: int) -> bool:
-        params = _cas_params(run_to_row(run), _RUN_MUTABLE, run.run_id, expected_version)
+        params = _cas_params(run_to_row(run), RUN_MUTABLE_COLUMNS, run.run_id, expected_version)
+        exists = {"b_id": run.run_id}
+        if self._sqlite is not None:
+            hot = self._sqlite
 
-        def update(conn: Connection) -> bool:
-            if conn.execute(_UPDATE_RUN, params).rowcount == 1:
-                return True
-            if self._lost_commit():
-                row = conn.execute(_GET_RUN, {"b_id": run.run_id}).mappings().first()
-                if row is None:
+            def update_sqlite(cursor: sqlite3.Cursor) -> bool:
+                if hot.execute(cursor, "update_run", params) == 1:
+                    return True
+                if not hot.fetch(cursor, "run_exists", exists):
                     raise RunNotFound(run.run_id)
-                return _holds(row, params, _RUN_MUTABLE)
-            if conn.execute(_RUN_EXISTS, {"b_id": run.run_id}).first() is None:
-                raise RunNotFound(run.run_id)
-            return False
+                return False
 
-        return await self._run(True, update)
+            return await self._sessions.run_sqlite("update_run", update_sqlite)
+        pg = self._pg
+        assert pg is not None
+
+        def update(conn: Any, attempt: Attempt) -> bool:
+            if pg.execute(conn, "update_run", params) == 1:
+                return True
+            rows = pg.fetch(conn, "get_run", exists)
+            if not rows:
+                raise RunNotFound(run.run_id)
+            return attempt.lost_commit and _holds(rows[0], params, RUN_MUTABLE_COLUMNS)
+
+        return await self._sessions.run_postgres("update_run", update)
 
     async def update_runs(self, pairs: Sequence[tuple[PipelineRun, int]]) -> int:
-        batch = [_cas_params(run_to_row(r), _RUN_MUTABLE, r.run_id, v) for r, v in pairs]
-        return (
-            await self._run(True, self._batch_cas(_UPDATE_RUN, _GET_RUN, _RUN_MUTABLE, batch)) if batch else 0
-        )
+        batch = [_cas_params(run_to_row(r), RUN_MUTABLE_COLUMNS, r.run_id, v) for r, v in pairs]
+        return await self._hot_cas_many("update_runs", "update_run", "get_run", batch)
 
     async def find_runs(
         self, criteria: RunFilter, *, order: RunOrder = RunOrder.SCHEDULED_ASC, limit: int | None = None
     ) -> list[PipelineRun]:
-        stmt = sa.select(runs).where(*_run_conditions(criteria))
+        stmt = sa.select(runs).where(*st.run_conditions(criteria))
         if order is RunOrder.SCHEDULED_ASC:
             stmt = stmt.order_by(runs.c.scheduled_time, runs.c.run_id)
         elif order is RunOrder.COMPLETED_DESC:
@@ -636,36 +401,28 @@ class SqlAlchemyStorage:
         if limit is not None:
             stmt = stmt.limit(limit)
 
-        def find(conn: Connection) -> list[PipelineRun]:
+        def find(conn: Connection, _attempt: Attempt) -> list[PipelineRun]:
             return [run_from_row(r) for r in conn.execute(stmt).mappings()]
 
-        return await self._run(False, find)
+        return await self._sessions.run(False, find)
 
     async def count_runs_by_state(self, tenant_id: str | None = None) -> dict[RunState, int]:
         stmt = sa.select(runs.c.state, sa.func.count()).group_by(runs.c.state)
         if tenant_id is not None:
             stmt = stmt.where(runs.c.tenant_id == tenant_id)
 
-        def count(conn: Connection) -> dict[RunState, int]:
+        def count(conn: Connection, _attempt: Attempt) -> dict[RunState, int]:
             return {RunState(state): int(n) for state, n in conn.execute(stmt).all()}
 
-        return await self._run(False, count)
+        return await self._sessions.run(False, count)
 
     # ------------------------------------------------------------------ queue
     async def insert_queue_items(self, items: Sequence[QueueItem]) -> int:
-        if self._hot is not None:
-            hot, rows = self._hot, list({i.queue_id: queue_to_row(i) for i in items}.values())
-            return await self._run_hot("insert_queue_items", lambda cursor: hot.insert(cursor, rows))
-        return await self._run(
-            True, self._insert_if_absent(queue, "queue_id", [queue_to_row(i) for i in items])
-        )
+        return await self._hot_insert("insert_queue_items", "queue", [queue_to_row(i) for i in items])
 
     async def get_queue_item(self, queue_id: str) -> QueueItem | None:
-        def get(conn: Connection) -> QueueItem | None:
-            row = conn.execute(_GET_ITEM, {"b_id": queue_id}).mappings().first()
-            return None if row is None else queue_from_row(row)
-
-        return await self._run(False, get)
+        row = await self._hot_get("get_queue_item", "get_item", queue_id)
+        return None if row is None else queue_from_row(row)
 
     async def claim_queue_items(
         self, *, worker_id: str, claim_token: str, now: datetime, lease_expires_at: datetime, limit: int
@@ -677,29 +434,25 @@ class SqlAlchemyStorage:
             "b_lease": lease_expires_at,
             "b_limit": limit,
         }
+        if self._sqlite is not None:
+            hot = self._sqlite
+            rows = await self._sessions.run_sqlite(
+                "claim", lambda cursor: hot.fetch(cursor, "claim", params), rows=limit
+            )
+        else:
+            pg = self._pg
+            assert pg is not None
 
-        claim_stmt = self._dialect.claim
-        if self._hot is not None:
-            hot = self._hot
+            def claim(conn: Any, attempt: Attempt) -> list[dict[str, Any]]:
+                rows = None
+                if attempt.lost_commit:  # did the try that lost its commit claim these already?
+                    rows = pg.fetch(conn, "claimed_by_token", {"b_token": claim_token})
+                return rows or pg.fetch(conn, "claim", params)
 
-            def claim_hot(cursor: sqlite3.Cursor) -> list[QueueItem]:
-                items = [queue_from_row(r) for r in hot.claim(cursor, params)]
-                items.sort(key=lambda i: (i.priority, i.created_at, i.queue_id))
-                return items
-
-            return await self._run_hot("claim_queue_items", claim_hot)
-
-        def claim(conn: Connection) -> list[QueueItem]:
-            rows = None
-            if self._lost_commit():  # did the attempt that lost its commit claim these already?
-                rows = conn.execute(_CLAIMED_BY_TOKEN, {"b_token": claim_token}).mappings().all()
-            if not rows:
-                rows = conn.execute(claim_stmt, params).mappings().all()
-            items = [queue_from_row(r) for r in rows]
-            items.sort(key=lambda i: (i.priority, i.created_at, i.queue_id))
-            return items
-
-        return await self._run(True, claim)
+            rows = await self._sessions.run_postgres("claim", claim)
+        items = [queue_from_row(r) for r in rows]
+        items.sort(key=lambda i: (i.priority, i.created_at, i.queue_id))
+        return items
 
     async def transition_queue_item(
         self,
@@ -711,52 +464,59 @@ class SqlAlchemyStorage:
         claim_token: str | None = None,
         error_message: str | None = None,
     ) -> bool:
-        stmt = _TRANSITIONS[(to_status, claim_token is not None)]
+        name = _transition_name(to_status, claim_token is not None)
         params: dict[str, Any] = {"b_id": queue_id, "b_from": from_status.value, "b_now": now}
         if claim_token is not None:
             params["b_token"] = claim_token
         if to_status is QueueStatus.FAILED:
             params["b_error"] = error_message
-        if self._hot is not None:
-            hot, key = self._hot, (to_status, claim_token is not None)
-            return await self._run_hot(
-                "transition_queue_item", lambda cursor: hot.transition(cursor, key, params)
+        if self._sqlite is not None:
+            hot = self._sqlite
+            return await self._sessions.run_sqlite(
+                "transition_queue_item", lambda cursor: hot.execute(cursor, name, params) == 1
             )
+        pg = self._pg
+        assert pg is not None
 
-        def transition(conn: Connection) -> bool:
-            if conn.execute(stmt, params).rowcount == 1:
+        def transition(conn: Any, attempt: Attempt) -> bool:
+            if pg.execute(conn, name, params) == 1:
                 return True
-            if not self._lost_commit():
+            if not attempt.lost_commit:
                 return False
-            row = conn.execute(_GET_ITEM, {"b_id": queue_id}).mappings().first()
-            return (
-                row is not None
-                and row["status"] == to_status.value
-                and row["updated_at"] == now
-                and (to_status is QueueStatus.QUEUED or claim_token in (None, row["claim_token"]))
+            rows = pg.fetch(conn, "get_item", {"b_id": queue_id})
+            return bool(rows) and (
+                rows[0]["status"] == to_status.value
+                and rows[0]["updated_at"] == now
+                and (to_status is QueueStatus.QUEUED or claim_token in (None, rows[0]["claim_token"]))
             )
 
-        return await self._run(True, transition)
+        return await self._sessions.run_postgres("transition_queue_item", transition)
 
     async def extend_queue_lease(
         self, queue_id: str, *, claim_token: str, lease_expires_at: datetime
     ) -> bool:
         params = {"b_id": queue_id, "b_token": claim_token, "b_lease": lease_expires_at}
+        if self._sqlite is not None:
+            hot = self._sqlite
+            return await self._sessions.run_sqlite(
+                "extend_queue_lease", lambda cursor: hot.execute(cursor, "extend_lease", params) == 1
+            )
+        pg = self._pg
+        assert pg is not None
 
-        def extend(conn: Connection) -> bool:
-            if conn.execute(_EXTEND_LEASE, params).rowcount == 1:
+        def extend(conn: Any, attempt: Attempt) -> bool:
+            if pg.execute(conn, "extend_lease", params) == 1:
                 return True
-            if not self._lost_commit():
+            if not attempt.lost_commit:
                 return False
-            row = conn.execute(_GET_ITEM, {"b_id": queue_id}).mappings().first()
-            return (
-                row is not None
-                and row["status"] == QueueStatus.PROCESSING.value
-                and row["claim_token"] == claim_token
-                and row["lease_expires_at"] == lease_expires_at
+            rows = pg.fetch(conn, "get_item", {"b_id": queue_id})
+            return bool(rows) and (
+                rows[0]["status"] == QueueStatus.PROCESSING.value
+                and rows[0]["claim_token"] == claim_token
+                and rows[0]["lease_expires_at"] == lease_expires_at
             )
 
-        return await self._run(True, extend)
+        return await self._sessions.run_postgres("extend_queue_lease", extend)
 
     async def find_queue_items(
         self,
@@ -776,10 +536,10 @@ class SqlAlchemyStorage:
         if limit is not None:
             stmt = stmt.limit(limit)
 
-        def find(conn: Connection) -> list[QueueItem]:
+        def find(conn: Connection, _attempt: Attempt) -> list[QueueItem]:
             return [queue_from_row(r) for r in conn.execute(stmt).mappings()]
 
-        return await self._run(False, find)
+        return await self._sessions.run(False, find)
 
     async def count_queue_items(self, status: QueueStatus | None = None, tenant_id: str | None = None) -> int:
         stmt = sa.select(sa.func.count()).select_from(queue)
@@ -788,10 +548,10 @@ class SqlAlchemyStorage:
         if tenant_id is not None:
             stmt = stmt.where(queue.c.tenant_id == tenant_id)
 
-        def count(conn: Connection) -> int:
+        def count(conn: Connection, _attempt: Attempt) -> int:
             return int(conn.execute(stmt).scalar_one())
 
-        return await self._run(False, count)
+        return await self._sessions.run(False, count)
 
     async def queue_stats(self, now: datetime) -> QueueStats:
         wait = self._dialect.wait_seconds().label("wait")
@@ -802,7 +562,7 @@ class SqlAlchemyStorage:
         oldest = sa.select(sa.func.min(queue.c.created_at)).where(queued)
         waits = sa.select(sa.func.avg(wait), sa.func.count()).where(claimed)
 
-        def stats(conn: Connection) -> QueueStats:
+        def stats(conn: Connection, _attempt: Attempt) -> QueueStats:
             statuses = {QueueStatus(s): int(n) for s, n in conn.execute(by_status).all()}
             priorities = {int(p): int(n) for p, n in conn.execute(by_priority).all()}
             oldest_row = conn.execute(oldest).first()
@@ -824,19 +584,29 @@ class SqlAlchemyStorage:
                 total=sum(statuses.values()),
             )
 
-        return await self._run(False, stats)
+        return await self._sessions.run(False, stats)
 
     # ------------------------------------------------------------------ schedules
     async def insert_schedule(self, schedule: PipelineSchedule) -> bool:
-        insert = self._insert_if_absent(schedules, "schedule_id", [schedule_to_row(schedule)])
-        return await self._run(True, insert) == 1
+        row = schedule_to_row(schedule)
+        stmt = st.insert_if_absent(self._dialect.name, schedules)
+
+        def insert(conn: Connection, attempt: Attempt) -> bool:
+            if conn.execute(stmt, row).first() is not None:
+                return True
+            if not attempt.lost_commit:
+                return False
+            stored = conn.execute(st.GET_SCHEDULE, {"b_id": schedule.schedule_id}).mappings().first()
+            return stored is not None and _holds(stored, row, row.keys())
+
+        return await self._sessions.run(True, insert)
 
     async def get_schedule(self, schedule_id: str) -> PipelineSchedule | None:
-        def get(conn: Connection) -> PipelineSchedule | None:
-            row = conn.execute(_GET_SCHEDULE, {"b_id": schedule_id}).mappings().first()
+        def get(conn: Connection, _attempt: Attempt) -> PipelineSchedule | None:
+            row = conn.execute(st.GET_SCHEDULE, {"b_id": schedule_id}).mappings().first()
             return None if row is None else schedule_from_row(row)
 
-        return await self._run(False, get)
+        return await self._sessions.run(False, get)
 
     async def list_schedules(
         self, *, tenant_id: str | None = None, enabled: bool | None = None
@@ -847,108 +617,55 @@ class SqlAlchemyStorage:
         if enabled is not None:
             stmt = stmt.where(schedules.c.enabled == enabled)
 
-        def find(conn: Connection) -> list[PipelineSchedule]:
+        def find(conn: Connection, _attempt: Attempt) -> list[PipelineSchedule]:
             return [schedule_from_row(r) for r in conn.execute(stmt).mappings()]
 
-        return await self._run(False, find)
+        return await self._sessions.run(False, find)
 
     async def update_schedule(self, schedule: PipelineSchedule, expected_version: int) -> bool:
         params = _cas_params(
-            schedule_to_row(schedule), _SCHEDULE_MUTABLE, schedule.schedule_id, expected_version
+            schedule_to_row(schedule), SCHEDULE_MUTABLE_COLUMNS, schedule.schedule_id, expected_version
         )
 
-        def update(conn: Connection) -> bool:
-            if conn.execute(_UPDATE_SCHEDULE, params).rowcount == 1:
+        def update(conn: Connection, attempt: Attempt) -> bool:
+            if conn.execute(st.UPDATE_SCHEDULE, params).rowcount == 1:
                 return True
-            row = conn.execute(_GET_SCHEDULE, {"b_id": schedule.schedule_id}).mappings().first()
+            row = conn.execute(st.GET_SCHEDULE, {"b_id": schedule.schedule_id}).mappings().first()
             if row is None:
                 raise ScheduleNotFound(schedule.schedule_id)
-            return self._lost_commit() and _holds(row, params, _SCHEDULE_MUTABLE)
+            return attempt.lost_commit and _holds(row, params, SCHEDULE_MUTABLE_COLUMNS)
 
-        return await self._run(True, update)
+        return await self._sessions.run(True, update)
 
     async def update_schedules(self, pairs: Sequence[tuple[PipelineSchedule, int]]) -> int:
-        batch = [_cas_params(schedule_to_row(s), _SCHEDULE_MUTABLE, s.schedule_id, v) for s, v in pairs]
-        if not batch:
-            return 0
-        return await self._run(
-            True, self._batch_cas(_UPDATE_SCHEDULE, _GET_SCHEDULE, _SCHEDULE_MUTABLE, batch)
-        )
-
-    def _batch_cas(
-        self, update: sa.Update, get: sa.Select[Any], mutable: tuple[str, ...], batch: list[dict[str, Any]]
-    ) -> Callable[[Connection], int]:
-        """One transaction of compare-and-sets, sent as one executemany (the driver batches it).
-
-        While retrying a lost commit the pairs go one by one, so that a row already holding our
-        values (written by the attempt whose commit was lost) counts as applied.
-        """
-
-        def update_all(conn: Connection) -> int:
-            if not self._lost_commit():
-                return int(conn.execute(update, batch).rowcount)
-            applied = 0
-            for params in batch:
-                if conn.execute(update, params).rowcount == 1:
-                    applied += 1
-                elif self._lost_commit():
-                    row = conn.execute(get, {"b_id": params["b_id"]}).mappings().first()
-                    applied += row is not None and _holds(row, params, mutable)
-            return applied
-
-        return update_all
+        batch = [
+            _cas_params(schedule_to_row(s), SCHEDULE_MUTABLE_COLUMNS, s.schedule_id, v) for s, v in pairs
+        ]
+        return await self._hot_cas_many("update_schedules", "update_schedule", "get_schedule", batch)
 
     async def due_schedules(self, now: datetime, limit: int) -> list[PipelineSchedule]:
-        stmt = (
-            sa.select(schedules)
-            .where(schedules.c.enabled == sa.true(), schedules.c.next_fire_time <= now)
-            .order_by(schedules.c.next_fire_time, schedules.c.schedule_id)
-            .limit(limit)
-        )
-
-        def find(conn: Connection) -> list[PipelineSchedule]:
-            return [schedule_from_row(r) for r in conn.execute(stmt).mappings()]
-
-        return await self._run(False, find)
+        params = {"b_now": now, "b_limit": limit}
+        if self._sqlite is not None:
+            hot = self._sqlite
+            rows = await self._sessions.run_sqlite(
+                "due_schedules",
+                lambda cursor: hot.fetch(cursor, "due_schedules", params),
+                write=False,
+                rows=limit,
+            )
+        else:
+            pg = self._pg
+            assert pg is not None
+            rows = await self._sessions.run_postgres(
+                "due_schedules", lambda conn, _a: pg.fetch(conn, "due_schedules", params)
+            )
+        return [schedule_from_row(r) for r in rows]
 
 
 # --------------------------------------------------------------------------- helpers
-_SCHEMA_LOCK: Final = sa.select(sa.func.pg_advisory_xact_lock(0x70697065))  # "pipe"
-
-
-@functools.cache
-def _sqlite_hot_path() -> QueueHotPath:
-    return QueueHotPath(
-        insert=_insert_if_absent_statement("sqlite", queue),
-        insert_columns=QUEUE_COLUMNS,
-        claim=_CLAIM_SQLITE,
-        transitions=_TRANSITIONS,
-        table=queue,
-    )
-
-
-def _insert_if_absent_statement(dialect: str, table: sa.Table) -> sa.Insert:
-    key = table.primary_key.columns.values()[0]
-    insert: Any = _DIALECTS[dialect].insert(table)
-    stmt: sa.Insert = insert.on_conflict_do_nothing(index_elements=[key]).returning(key)
-    return stmt
-
-
-def _describe(error: exc.DBAPIError) -> str:
-    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "sqlite_errorname", None)
-    text = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else type(error.orig).__name__
-    return f"{type(error.orig).__name__}{f' [{code}]' if code else ''}: {text}"
-
-
 def _holds(row: Any, params: dict[str, Any], columns: Collection[str]) -> bool:
-    """Whether the stored ``row`` holds exactly the values a compare-and-set wrote."""
+    """Whether the stored ``row`` holds exactly the values a write put there."""
     return all(row[name] == params[name] for name in columns)
-
-
-def _count_written(conn: Connection, table: sa.Table, key: str, rows: list[dict[str, Any]]) -> int:
-    stmt = sa.select(table).where(table.c[key].in_([row[key] for row in rows]))
-    stored = {r[key]: r for r in conn.execute(stmt).mappings()}
-    return sum(row[key] in stored and _holds(stored[row[key]], row, row.keys()) for row in rows)
 
 
 def _cas_params(row: dict[str, Any], mutable: tuple[str, ...], key: str, expected: int) -> dict[str, Any]:
@@ -956,23 +673,6 @@ def _cas_params(row: dict[str, Any], mutable: tuple[str, ...], key: str, expecte
     params["b_id"] = key
     params["b_expected"] = expected
     return params
-
-
-def _run_conditions(criteria: RunFilter) -> list[sa.ColumnElement[bool]]:
-    conditions: list[sa.ColumnElement[bool]] = []
-    if criteria.states is not None:
-        conditions.append(runs.c.state.in_([RunState(s).value for s in criteria.states]))
-    if criteria.tenant_id is not None:
-        conditions.append(runs.c.tenant_id == criteria.tenant_id)
-    if criteria.config_id is not None:
-        conditions.append(runs.c.config_id == criteria.config_id)
-    if criteria.scheduled_before is not None:
-        conditions.append(runs.c.scheduled_time <= criteria.scheduled_before)
-    if criteria.lease_expired_before is not None:
-        conditions.append(runs.c.lease_expires_at <= criteria.lease_expired_before)
-    if criteria.retry_due_before is not None:
-        conditions.append(runs.c.next_retry_at <= criteria.retry_due_before)
-    return conditions
 
 
 def _as_utc(value: Any) -> datetime:

@@ -14,10 +14,21 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema these tables describe; recorded in ``pipestate_schema_version`` by create_schema."""
 
-UPGRADES: Final[Mapping[int, Sequence[str]]] = {}
+_WAITING_INDEX: Final = (
+    "CREATE INDEX IF NOT EXISTS ix_queue_waiting ON x_meta_pipeline_queue "
+    "(priority, created_at, queue_id) WHERE status = 'QUEUED'"
+)
+
+Upgrade = str | tuple[str, str]
+"""A statement for every dialect, or ``(dialect name, statement)`` for one."""
+
+UPGRADES: Final[Mapping[int, Sequence[Upgrade]]] = {
+    # 2: on PostgreSQL the claim index holds only the waiting items (see ``queue`` below).
+    2: (("postgresql", "DROP INDEX IF EXISTS ix_queue_claim"), ("postgresql", _WAITING_INDEX)),
+}
 """version -> the statements that take a database from ``version - 1`` to ``version``.
 
 ``create_all`` only creates missing tables (with their indexes); every change to an existing
@@ -114,7 +125,19 @@ queue: Final = sa.Table(
     sa.Column("error_message", sa.Text, nullable=True),
     _ts("updated_at"),
     # The claim query: WHERE status = 'QUEUED' ORDER BY priority, created_at, queue_id LIMIT n.
-    sa.Index("ix_queue_claim", "status", "priority", "created_at", "queue_id"),
+    # On PostgreSQL partial: it holds only the waiting items, so it stays small whatever the history, and
+    # both planners take it for the claim even on a table that was never analysed (PostgreSQL
+    # otherwise guessed a handful of QUEUED rows and sorted all of them on every claim).
+    # SQLite's planner, without statistics, prefers an equality index to a partial one, so
+    # SQLite keeps the full (status, priority, created_at, queue_id) index.
+    sa.Index(
+        "ix_queue_waiting",
+        "priority",
+        "created_at",
+        "queue_id",
+        postgresql_where=sa.text("status = 'QUEUED'"),
+    ).ddl_if(dialect="postgresql"),
+    sa.Index("ix_queue_claim", "status", "priority", "created_at", "queue_id").ddl_if(dialect="sqlite"),
     sa.Index("ix_queue_status_lease", "status", "lease_expires_at"),
     sa.Index("ix_queue_tenant_status", "tenant_id", "status"),
     sa.Index("ix_queue_run", "run_id"),

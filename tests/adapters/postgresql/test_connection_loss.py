@@ -209,26 +209,38 @@ async def test_claim_whose_every_attempt_is_killed_raises_storage_unavailable_an
     assert [i.queue_id for i in await worker.claim("t2")] == ["q000"]  # and works again
 
 
+class _LoseNextAcknowledgement:
+    """The storage's hot statements, except that the next statement's acknowledgement is lost."""
+
+    def __init__(self, inner: Any, admin: sa.Engine) -> None:
+        self._inner = inner
+        self._admin = admin
+        self.fired = False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+
+        def call(conn: Any, *args: Any) -> Any:
+            result = method(conn, *args)  # autocommit: durable from here on
+            if not self.fired:
+                self.fired = True
+                assert terminate(self._admin, conn.info.backend_pid)
+                conn.execute("SELECT 1")  # the driver's real error for the dead connection
+            return result
+
+        return call
+
+
 def lose_the_next_commit_acknowledgement(worker: Worker, admin: sa.Engine) -> Callable[[], bool]:
-    """Let the next transaction really commit, then kill the connection before the driver's own
-    COMMIT returns: the client sees a dropped connection for a transaction that did commit.
+    """Let the next statement really commit, then kill the connection before its caller hears
+    back: the caller sees a dropped connection for a statement that did commit.
 
-    (An event hook does the timing; the commit, the kill and the driver's error are all real.)
+    (A wrapper around the storage's compiled statements does the timing, at the driver
+    boundary; the commit, the kill and the driver's error are all real.)
     """
-    fired: list[bool] = []
-
-    def commit_then_die(conn: sa.Connection) -> None:
-        if fired:
-            return
-        fired.append(True)
-        dbapi = conn.connection.dbapi_connection
-        assert dbapi is not None
-        dbapi.commit()  # durable from here on
-        dbapi.execute("SELECT 1")  # open a transaction, so the driver's COMMIT must talk to the server
-        assert terminate(admin, dbapi.info.backend_pid)
-
-    event.listen(worker.storage.engine, "commit", commit_then_die)
-    return lambda: bool(fired)
+    hot = _LoseNextAcknowledgement(worker.storage._pg, admin)
+    worker.storage._pg = hot  # type: ignore[assignment]
+    return lambda: hot.fired
 
 
 async def test_claim_whose_commit_acknowledgement_was_lost_returns_what_it_claimed(

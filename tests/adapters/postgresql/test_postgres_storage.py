@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
-from pipestate.adapters.sqlalchemy.storage import _CLAIM_POSTGRES
+from pipestate.adapters.sqlalchemy.statements import CLAIM_POSTGRES as _CLAIM_POSTGRES
 from pipestate.adapters.sqlalchemy.tables import SCHEMA_VERSION
 from pipestate.domain.errors import StorageError, StorageUnavailable
 from pipestate.domain.ports import Capability
@@ -133,7 +133,7 @@ async def test_claim_and_status_queries_use_indexes_on_100k_rows(
     print(f"claim plan:\n{claim}\nQUEUED count plan:\n{waiting}")
 
     assert "Seq Scan" not in claim
-    assert "ix_queue_claim" in claim
+    assert "ix_queue_waiting" in claim
     assert "Seq Scan" not in waiting
 
 
@@ -235,3 +235,80 @@ def test_plain_postgresql_url_uses_psycopg_3() -> None:
 
 async def test_declares_multi_host_skip_locked_capabilities(pg_storage: SqlAlchemyStorage) -> None:
     assert {Capability.MULTI_HOST, Capability.SKIP_LOCKED} <= pg_storage.capabilities
+
+
+async def test_item_14_a_newer_schema_version_is_refused_by_every_open(
+    pg: PgTarget, pg_storage: SqlAlchemyStorage, admin: sa.Engine
+) -> None:
+    with admin.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO pipestate_schema_version (version, applied_at) VALUES (%(v)s, now())",
+            {"v": SCHEMA_VERSION + 1},
+        )
+    url, kwargs = pg
+    storage = SqlAlchemyStorage.from_url(url, **kwargs)  # an older worker, opened after the upgrade
+    try:
+        with pytest.raises(StorageError, match="newer than this pipestate"):
+            await storage.insert_queue_items([item("q", 1, T0)])
+        with pytest.raises(StorageError, match="newer than this pipestate"):
+            await storage.claim_queue_items(
+                worker_id="w", claim_token="t", now=T0, lease_expires_at=T0 + timedelta(minutes=5), limit=1
+            )
+    finally:
+        await storage.close()
+
+    with admin.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM x_meta_pipeline_queue").scalar() == 0
+
+
+async def test_claim_on_a_never_analysed_table_with_a_backlog_uses_the_claim_index(
+    pg_storage: SqlAlchemyStorage, admin: sa.Engine
+) -> None:
+    with admin.begin() as conn:  # statistics never collected: autovacuum off, no ANALYZE
+        conn.exec_driver_sql(f"ALTER TABLE {QUEUE} SET (autovacuum_enabled = false)")
+        conn.exec_driver_sql(
+            "INSERT INTO x_meta_pipeline_queue "
+            "(queue_id, tenant_id, config, priority, created_at, status, version, attempts) "
+            "SELECT 'q' || g, 't', '{}'::jsonb, 1 + mod(g, 10), "
+            "  timestamptz '2026-01-01' + g * interval '1 second', "
+            "  CASE WHEN mod(g, 10) = 0 THEN 'QUEUED' ELSE 'COMPLETED' END, 1, 0 "
+            "FROM generate_series(1, 100000) AS g"
+        )
+        analysed = conn.exec_driver_sql(
+            "SELECT coalesce(last_analyze, last_autoanalyze) FROM pg_stat_user_tables WHERE relname = %(t)s",
+            {"t": QUEUE},
+        ).scalar()
+    assert analysed is None
+    claim = plan(
+        admin,
+        _CLAIM_POSTGRES,
+        {"b_worker": "w", "b_token": "t", "b_now": T0, "b_lease": T0, "b_limit": 10},
+    )
+
+    assert "Seq Scan" not in claim
+    assert "Index Scan using ix_queue_waiting" in claim
+    assert "x_meta_pipeline_queue_pkey" in claim  # the update finds the picked rows by key
+
+
+async def test_a_version_1_database_gets_the_partial_claim_index(
+    pg_storage: SqlAlchemyStorage, admin: sa.Engine
+) -> None:
+    with admin.begin() as conn:  # what pipestate's schema version 1 created
+        conn.exec_driver_sql("DROP INDEX ix_queue_waiting")
+        conn.exec_driver_sql(
+            f"CREATE INDEX ix_queue_claim ON {QUEUE} (status, priority, created_at, queue_id)"
+        )
+        conn.exec_driver_sql("UPDATE pipestate_schema_version SET version = 1")
+
+    await pg_storage.create_schema()
+
+    assert await pg_storage.schema_versions() == [1, 2]
+    with admin.connect() as conn:
+        indexes = set(
+            conn.exec_driver_sql(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %(t)s",
+                {"t": QUEUE},
+            ).scalars()
+        )
+    assert "ix_queue_waiting" in indexes
+    assert "ix_queue_claim" not in indexes
