@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from google.cloud import bigquery
 
 DEFAULT_PROJECT = "pipestate-test"
+DEFAULT_LOCATION = "US"
+"""The location the emulator's clients name (the adapter wants an explicit one)."""
 DEFAULT_STARTUP_TIMEOUT_S = 60.0
 
 _spatial_lock = threading.Lock()
@@ -254,6 +256,7 @@ class BigQueryEmulator:
             project=self.project,
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options=ClientOptions(api_endpoint=self.endpoint),
+            location=DEFAULT_LOCATION,
         )
 
     # -- context manager -------------------------------------------------
