@@ -28,8 +28,8 @@ def job_error(reason: str, message: str) -> gexc.GoogleAPICallError:
         "status": {"state": "DONE", "errorResult": error, "errors": [error]},
     }
     job = bigquery.QueryJob.from_api_repr(resource, client)
-    job._set_future_result()
-    found = job.exception(timeout=0)
+    job._set_future_result()  # type: ignore[no-untyped-call]
+    found = job.exception(timeout=0)  # type: ignore[no-untyped-call]
     assert isinstance(found, gexc.GoogleAPICallError)
     return found
 

@@ -152,7 +152,7 @@ def _first_wait(settings: RetrySettings, error: BaseException) -> float:
         raise error
 
     retrying = settings.retrying(lambda state: waits.append(state.upcoming_sleep))
-    retrying.sleep = lambda _seconds: None  # type: ignore[method-assign]
+    retrying.sleep = lambda _seconds: None
     with pytest.raises(type(error)):
         retrying(fail)
     return min(waits)
