@@ -35,7 +35,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
 from google.api_core import exceptions as gexc
@@ -93,6 +93,10 @@ DEFAULT_CANCEL_WAIT: Final = 60.0
 
 POLL_INTERVAL: Final = 10.0
 """Seconds one ``result()`` call waits before the adapter looks at the job again."""
+
+LEASE_QUEUE_GRACE: Final = 5.0
+"""Seconds a claim or heartbeat may wait between being sent and running before the wait is added
+to the lease it writes (see ``_Statements``)."""
 
 DEFAULT_WRITER_LEASE_WAIT: Final = 120.0
 """Seconds an insert waits for another process's writer lease before giving up (transient)."""
@@ -391,6 +395,9 @@ class BigQueryStorage:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pipestate-bq")
         self._closed = False
         self._instance = uuid.uuid4().hex[:12]
+        self._wallclock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """When a claim or heartbeat is sent (this machine's clock; leases are extended by the time
+        the statement waited in BigQuery beyond ``LEASE_QUEUE_GRACE``)."""
         self._runs_spec = schemas.load(schemas.RUNS)
         self._queue_spec = schemas.load(schemas.QUEUE)
         self._schedules_spec = schemas.load(schemas.SCHEDULES)
@@ -982,6 +989,7 @@ class BigQueryStorage:
                 *stamp,
                 _scalar("worker", "STRING", worker_id),
                 _scalar("lease", "TIMESTAMP", lease_expires_at),
+                _scalar("sent", "TIMESTAMP", self._wallclock()),
                 _scalar("limit", "INT64", limit),
             ],
         )
@@ -1036,6 +1044,7 @@ class BigQueryStorage:
             _scalar("id", "STRING", queue_id),
             _scalar("token", "STRING", claim_token),
             _scalar("lease", "TIMESTAMP", lease_expires_at),
+            _scalar("sent", "TIMESTAMP", self._wallclock()),
         ]
         result = await self._query("extend_queue_lease", "UPDATE", self._sql.extend_lease, params)
         self._check_single(result, schemas.QUEUE, queue_id, "extend_queue_lease")
@@ -1048,7 +1057,8 @@ class BigQueryStorage:
             item is not None
             and item.status is QueueStatus.PROCESSING
             and item.claim_token == claim_token
-            and item.lease_expires_at == utc(lease_expires_at)
+            and item.lease_expires_at is not None
+            and item.lease_expires_at >= utc(lease_expires_at)  # type: ignore[operator]
         )
 
     async def find_queue_items(
@@ -1307,9 +1317,16 @@ class _Statements:
         )
         # One UPDATE picks and stamps the batch. The NOT EXISTS makes a retried claim whose first
         # attempt was applied (response lost) a no-op instead of a second batch under one token.
+        # A lease is counted from when BigQuery runs the statement, not from when it was sent: the
+        # time a claim or heartbeat spent queued (DML queue, retries) beyond a grace is added, by
+        # BigQuery's clock (CURRENT_TIMESTAMP() is the statement's start).
+        served = (
+            "TIMESTAMP_ADD(@lease, INTERVAL GREATEST(TIMESTAMP_DIFF(CURRENT_TIMESTAMP(), @sent, MICROSECOND) "
+            f"- {int(LEASE_QUEUE_GRACE * 1_000_000)}, 0) MICROSECOND)"
+        )
         self.claim = (
             f"UPDATE {q} SET `status` = '{_PROCESSING}', `worker_id` = @worker, `claim_token` = @token, "
-            "`claimed_at` = @now, `updated_at` = @now, `lease_expires_at` = @lease, "
+            f"`claimed_at` = @now, `updated_at` = @now, `lease_expires_at` = {served}, "
             "`attempts` = `attempts` + 1, `version` = `version` + 1 "
             f"WHERE `queue_id` IN (SELECT p.`queue_id` FROM {q} AS p WHERE p.`status` = '{_QUEUED}' "
             "ORDER BY p.`priority`, p.`created_at`, p.`queue_id` LIMIT @limit) "
@@ -1324,8 +1341,8 @@ class _Statements:
         )
         self.extend_lease = (
             # Idempotent, so that a retry of an applied extension does not bump the version again.
-            f"UPDATE {q} SET `lease_expires_at` = @lease, "
-            "`version` = `version` + IF(`lease_expires_at` = @lease, 0, 1) "
+            f"UPDATE {q} SET `lease_expires_at` = {served}, "
+            "`version` = `version` + IF(`lease_expires_at` >= @lease, 0, 1) "
             f"WHERE `queue_id` = @id AND `status` = '{_PROCESSING}' AND `claim_token` = @token"
         )
         # Every figure in one job, without a window over the whole history: p95 from

@@ -9,6 +9,7 @@ ambiguous case of DESIGN rule 2).
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +61,8 @@ class DelayedJob:
         if self.cancelled and self.cancel_stops:
             self._stopped = {"reason": "stopped", "message": "Job execution was cancelled: User requested"}
             return
-        if self.polls_left > 0:
-            return
+        if self.polls_left > 0 and not self.cancelled:
+            return  # still running (a cancellation that does not stop it lands as it commits)
         self.real = self._owner.real.query(self._sql, job_config=self._config, **self._kwargs)
         self.real.result()
         self._owner.committed.append(self.job_id)
@@ -94,6 +95,7 @@ class DelayedJob:
         if self._stopped is not None:
             raise job_error(self._stopped["reason"], self._stopped["message"])
         if self.real is None:
+            time.sleep(min(float(kwargs.get("timeout") or 0.01), 0.01))  # result(timeout) blocks
             raise concurrent.futures.TimeoutError()
         return self.real.result(**kwargs)
 
@@ -138,7 +140,8 @@ class Fault:
     delay_polls: int = 0
     """> 0: the job is accepted but runs only after this many polls (a client-side timeout)."""
     cancel_stops: bool = False
-    """With ``delay_polls``: a cancellation before it runs stops it (nothing committed)."""
+    """With ``delay_polls``: a cancellation stops it (nothing committed); otherwise the job was
+    already committing and a cancellation lands after the commit."""
     uncounted: bool = False
     """The job runs but its statistics carry no DML row count."""
 

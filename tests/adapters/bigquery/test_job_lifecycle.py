@@ -95,7 +95,7 @@ async def test_a_cancelled_job_that_committed_anyway_counts_as_done(
     try:
         run = _run()
         client.reset()
-        client.fail(None, operation="insert_runs", kind="MERGE", delay_polls=50, cancel_stops=False)
+        client.fail(None, operation="insert_runs", kind="MERGE", delay_polls=10_000, cancel_stops=False)
 
         assert await storage.insert_runs([run]) == 1
 
@@ -147,3 +147,31 @@ async def test_a_missing_dml_count_is_unknown_not_zero(
     await storage.insert_queue_items([item])
     stored = await storage.get_queue_item("q1")
     assert stored is not None and stored.status is QueueStatus.QUEUED
+
+
+async def test_a_claim_that_waited_in_the_dml_queue_gets_its_whole_lease(storage: BigQueryStorage) -> None:
+    from datetime import timedelta
+
+    await storage.insert_queue_items(
+        [QueueItem(queue_id=f"q{i}", tenant_id="t", config={}, priority=5, created_at=T0) for i in range(2)]
+    )
+    lease = T0 + timedelta(minutes=5)
+    sent = datetime.now(UTC) - timedelta(seconds=65)
+    storage._wallclock = lambda: sent  # BigQuery ran the statement ~65 s after it was sent
+
+    [item] = await storage.claim_queue_items(
+        worker_id="w", claim_token="tok", now=T0, lease_expires_at=lease, limit=1
+    )
+    assert item.lease_expires_at is not None
+    assert timedelta(seconds=59) <= item.lease_expires_at - lease <= timedelta(seconds=90)  # 65 s - 5 s grace
+
+    assert await storage.extend_queue_lease(item.queue_id, claim_token="tok", lease_expires_at=lease)
+    stored = await storage.get_queue_item(item.queue_id)
+    assert stored is not None and stored.lease_expires_at is not None
+    assert stored.lease_expires_at - lease >= timedelta(seconds=59)
+
+    storage._wallclock = lambda: datetime.now(UTC)  # sent and run at once: the lease as given
+    [other] = await storage.claim_queue_items(
+        worker_id="w", claim_token="tok2", now=T0, lease_expires_at=lease, limit=1
+    )
+    assert other.lease_expires_at == lease
