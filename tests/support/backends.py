@@ -142,3 +142,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "postgresql": postgresql,
     "bigquery-emulator": bigquery_emulator,
 }
+if os.environ.get("PIPESTATE_TEST_BIGQUERY_PROJECT"):  # opt-in, never in CI: tests/support/real_bigquery.py
+    from tests.support.real_bigquery import bigquery_real
+
+    BACKENDS["bigquery-real"] = bigquery_real

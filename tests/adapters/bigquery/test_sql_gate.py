@@ -105,3 +105,11 @@ def test_a_statement_missing_from_the_catalogue_fails_the_test_that_sends_it() -
     with pytest.raises(UncataloguedStatement, match="not analysed"):
         RECORDER.see("SELECT created_at AS at FROM `p.d.x_meta_scheduled_runs`", config)
     RECORDER.see("SELECT 1", bigquery.QueryJobConfig())  # a test's own query: not the adapter's
+
+
+def test_the_opt_in_dry_run_binds_every_statement_with_its_catalogued_types() -> None:
+    from tests.support.real_bigquery import parameters
+
+    for entry in ENTRIES:
+        bound = {p.name: p.to_api_repr()["parameterType"] for p in parameters(entry["parameters"])}
+        assert bound == entry["parameters"], entry["sql"]
