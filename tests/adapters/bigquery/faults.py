@@ -51,6 +51,7 @@ class DelayedJob:
         self.polls_left = polls
         self.cancelled = False
         self.cancel_stops = False
+        self.poll_error: BaseException | None = None
         self.real: Any = None
         self._stopped: dict[str, str] | None = None
 
@@ -95,6 +96,9 @@ class DelayedJob:
         if self._stopped is not None:
             raise job_error(self._stopped["reason"], self._stopped["message"])
         if self.real is None:
+            if self.poll_error is not None:  # polling itself failed (getQueryResults answered 5xx)
+                error, self.poll_error = self.poll_error, None
+                raise error
             time.sleep(min(float(kwargs.get("timeout") or 0.01), 0.01))  # result(timeout) blocks
             raise concurrent.futures.TimeoutError()
         return self.real.result(**kwargs)
@@ -141,7 +145,8 @@ class Fault:
     """> 0: the job is accepted but runs only after this many polls (a client-side timeout)."""
     cancel_stops: bool = False
     """With ``delay_polls``: a cancellation stops it (nothing committed); otherwise the job was
-    already committing and a cancellation lands after the commit."""
+    already committing and a cancellation lands after the commit. ``error``, if any, is raised by
+    the first poll (a failed ``getQueryResults``)."""
     uncounted: bool = False
     """The job runs but its statistics carry no DML row count."""
 
@@ -180,6 +185,7 @@ class ScriptedClient:
             fault.raised += 1
             delayed = DelayedJob(self, sql, job_config, kwargs, fault.delay_polls)
             delayed.cancel_stops = fault.cancel_stops
+            delayed.poll_error = fault.error
             self.delayed[delayed.job_id] = delayed
             return delayed
         if fault is not None and fault.uncounted:

@@ -175,3 +175,24 @@ async def test_a_claim_that_waited_in_the_dml_queue_gets_its_whole_lease(storage
         worker_id="w", claim_token="tok2", now=T0, lease_expires_at=lease, limit=1
     )
     assert other.lease_expires_at == lease
+
+
+async def test_a_failed_poll_keeps_polling_the_same_job(
+    storage: BigQueryStorage, client: ScriptedClient
+) -> None:
+    run = _run()
+    await storage.insert_runs([run])
+    moved = run.copy()
+    moved.make_pending(T0)
+    client.reset()
+    client.fail(
+        gexc.ServiceUnavailable("getQueryResults: backend unavailable"),
+        operation="update_run",
+        kind="UPDATE",
+        delay_polls=3,
+    )
+
+    assert await storage.update_run(moved, expected_version=1) is True
+
+    submitted = [j.kwargs["job_id"] for j in client.jobs if j.operation == "update_run"]
+    assert len(submitted) == 1 and client.committed == submitted
