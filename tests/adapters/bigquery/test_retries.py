@@ -397,3 +397,26 @@ async def test_only_one_layer_retries(storage: BigQueryStorage, client: Scripted
 
     [job] = client.jobs
     assert job.kwargs["job_retry"] is None and job.kwargs["retry"] is None
+
+
+async def test_a_token_refresh_that_fails_in_transit_is_retried(
+    storage: BigQueryStorage, client: ScriptedClient
+) -> None:
+    client.fail(auth_exc.TransportError("connection reset while refreshing the token"), operation="get_run")
+
+    assert await storage.get_run("r") is None
+
+    assert client.count("get_run") == 2
+
+
+async def test_revoked_credentials_are_a_typed_permanent_error(
+    storage: BigQueryStorage, client: ScriptedClient
+) -> None:
+    client.fail(auth_exc.RefreshError("invalid_grant: Token has been expired or revoked."), times=5)
+
+    with pytest.raises(StorageError, match="invalid_grant") as caught:
+        await storage.get_run("r")
+
+    assert not isinstance(caught.value, StorageUnavailable)
+    assert isinstance(caught.value.__cause__, auth_exc.RefreshError)
+    assert client.count() == 1
