@@ -1,24 +1,30 @@
 """``BigQueryStorage``: the Storage port on BigQuery, one DML or query job per operation.
 
 BigQuery is a warehouse, not an OLTP store (DESIGN.md, "BigQuery rules"): no row locks, no
-``RETURNING``, a handful of concurrent mutating statements per table, and every job is billed.
-So:
+``RETURNING``, a handful of concurrent mutating statements per table, no enforced keys, and every
+job is billed. So:
 
 * rows are created with ``MERGE … WHEN NOT MATCHED THEN INSERT`` over ``UNNEST(@rows)`` (never
-  the streaming API, whose rows cannot be updated for up to 90 minutes);
+  the streaming API, whose rows cannot be updated for up to 90 minutes), under the table's
+  writer lease: an insert-only MERGE does not conflict with a concurrent one, so without it two
+  writers could insert one key twice;
 * every transition is one conditional ``UPDATE … WHERE id = @id AND version = @v`` checked by its
-  affected-row count (``num_dml_affected_rows``);
+  affected-row count (``dml_stats``, else ``num_dml_affected_rows``; missing means unknown, and a
+  count above one for one key is :class:`~pipestate.adapters.bigquery.errors.DuplicateRows`);
 * a claim is two jobs whatever the batch size: one ``UPDATE`` stamps up to N items with the claim
   token, one ``SELECT`` reads them back by that token;
 * every job is parameterized, labelled (``app=pipestate``, ``operation=<method>``), capped with
   ``maximum_bytes_billed``, and run with ``retry=None, job_retry=None`` so that the tenacity layer
-  in :mod:`pipestate.adapters.bigquery.retry` is the only one that retries.
+  in :mod:`pipestate.adapters.bigquery.retry` is the only one that retries;
+* the adapter owns each job's lifecycle: ids ``pipestate_<operation>_<call>_<attempt>``; a lost
+  ``jobs.insert`` answer is resolved by looking the job up; a client timeout or failed poll
+  polls the same job; past ``job_timeout`` the job is cancelled and waited for. No attempt starts
+  while an earlier one may still commit.
 
-A retried statement may already have been applied by the attempt whose response was lost, so on
-the paths where that matters the adapter resolves the ambiguity (DESIGN rule 2): a retried
-conditional ``UPDATE`` that reports zero rows reads the row back and compares it with what it
-wrote; a retried claim cannot claim a second batch, because the ``UPDATE`` only applies while no
-row carries this call's (claim_token, claimed_at) stamp.
+A retried statement, or one whose count BigQuery did not report, is resolved by reading back
+(DESIGN rule 2): a conditional ``UPDATE`` that reports zero rows reads the row back and compares
+it with what it wrote; a retried claim cannot claim a second batch, because the ``UPDATE`` only
+applies while no row carries this call's (claim_token, claimed_at) stamp.
 
 Job cost of every public method is in its docstring and in ``docs/bigquery.md``.
 """
@@ -852,7 +858,7 @@ class BigQueryStorage:
 
     # ------------------------------------------------------------------ runs
     async def insert_runs(self, runs: Sequence[PipelineRun]) -> int:
-        """Jobs: 1 per 1,000 distinct runs (0 for an empty batch)."""
+        """Jobs: 1 MERGE per 1,000 distinct runs + 2 for the writer lease (0 for an empty batch)."""
         inserted, _ = await self._insert_if_absent(
             "insert_runs", self._runs_spec, "run_id", [run_to_row(r) for r in runs]
         )
@@ -956,7 +962,7 @@ class BigQueryStorage:
 
     # ------------------------------------------------------------------ queue
     async def insert_queue_items(self, items: Sequence[QueueItem]) -> int:
-        """Jobs: 1 per 1,000 distinct items (0 for an empty batch)."""
+        """Jobs: 1 MERGE per 1,000 distinct items + 2 for the writer lease (0 for an empty batch)."""
         inserted, _ = await self._insert_if_absent(
             "insert_queue_items", self._queue_spec, "queue_id", [queue_to_row(i) for i in items]
         )
@@ -1136,7 +1142,7 @@ class BigQueryStorage:
 
     # ------------------------------------------------------------------ schedules
     async def insert_schedule(self, schedule: PipelineSchedule) -> bool:
-        """Jobs: 1 (+1 read-back when a retried MERGE reports no row)."""
+        """Jobs: 3 (the MERGE and the writer lease; +1 read-back when its count is uncertain)."""
         inserted, uncertain = await self._insert_if_absent(
             "insert_schedule", self._schedules_spec, "schedule_id", [schedule_to_row(schedule)]
         )
@@ -1148,7 +1154,7 @@ class BigQueryStorage:
 
     async def insert_schedules(self, schedules: Sequence[PipelineSchedule]) -> int:
         """Batch :meth:`insert_schedule` (not in the port yet): insert the absent ones, return how
-        many. Jobs: 1 per 1,000 distinct schedules (0 for none)."""
+        many. Jobs: 1 per 1,000 distinct schedules + 2 for the writer lease (0 for none)."""
         inserted, _ = await self._insert_if_absent(
             "insert_schedules", self._schedules_spec, "schedule_id", [schedule_to_row(s) for s in schedules]
         )
