@@ -21,7 +21,11 @@ RUNS: Final = "x_meta_scheduled_runs"
 QUEUE: Final = "x_meta_pipeline_queue"
 SCHEDULES: Final = "x_meta_pipeline_schedules"
 TABLES: Final = (RUNS, QUEUE, SCHEDULES)
-"""Every table pipestate keeps in BigQuery."""
+"""The tables of every backend (the SQL adapters mirror them)."""
+LEASES: Final = "x_meta_writer_leases"
+BIGQUERY_TABLES: Final = (*TABLES, LEASES)
+"""Every table pipestate keeps in BigQuery: :data:`TABLES` plus the writer-lease table that only
+BigQuery needs (it has no unique keys)."""
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,12 @@ def _parse(data: dict[str, Any]) -> TableSpec:
 
 @cache
 def load(table: str) -> TableSpec:
-    """The spec of ``table`` (one of :data:`TABLES`).
+    """The spec of ``table`` (one of :data:`BIGQUERY_TABLES`).
 
     Raises:
         KeyError: not a pipestate table.
     """
-    if table not in TABLES:
+    if table not in BIGQUERY_TABLES:
         raise KeyError(table)
     text = resources.files(__name__).joinpath(f"{table}.json").read_text(encoding="utf-8")
     return _parse(json.loads(text))
@@ -114,4 +118,21 @@ def load_all() -> tuple[TableSpec, ...]:
     return tuple(load(name) for name in TABLES)
 
 
-__all__ = ["QUEUE", "RUNS", "SCHEDULES", "TABLES", "FieldSpec", "TableSpec", "load", "load_all"]
+def load_bigquery() -> tuple[TableSpec, ...]:
+    """Every BigQuery table spec, in :data:`BIGQUERY_TABLES` order."""
+    return tuple(load(name) for name in BIGQUERY_TABLES)
+
+
+__all__ = [
+    "BIGQUERY_TABLES",
+    "LEASES",
+    "QUEUE",
+    "RUNS",
+    "SCHEDULES",
+    "TABLES",
+    "FieldSpec",
+    "TableSpec",
+    "load",
+    "load_all",
+    "load_bigquery",
+]

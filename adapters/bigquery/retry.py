@@ -1,10 +1,20 @@
 """Which BigQuery failures are transient, and the one retry layer (tenacity) that handles them.
 
-Transient: HTTP 429/500/502/503/504, network errors and timeouts, and the concurrency errors that
-BigQuery reports as 400/403 ("Could not serialize access to table … due to concurrent update",
-"Transaction is aborted due to concurrent update", "Too many DML statements outstanding against
-table …", "Exceeded rate limits"). Everything else (a syntax error, a missing table, a permission
-error, an exhausted daily quota) is permanent and surfaces at once.
+Errors are classified by BigQuery's ``errors[].reason`` first (the client keeps the job's
+``errorResult`` in ``exception.errors``), the HTTP status only when there is no reason:
+
+* ``bytesBilledLimitExceeded`` is **permanent and loud** (:class:`BytesBilledLimitExceeded`). The
+  client maps this reason to a 500, so a status-based rule would retry it.
+* Contention is **transient with a long backoff**: "Could not serialize access to table … due to
+  concurrent update", "Transaction is aborted due to concurrent update", "Too many DML statements
+  outstanding against table …", and ``quotaExceeded`` when its message is about DML jobs pending
+  or running against a table (BigQuery's DML queue).
+* ``backendError``, ``internalError``, ``jobBackendError``, ``jobInternalError``,
+  ``rateLimitExceeded`` (and "Exceeded rate limits") are transient.
+* Any other reason (``invalidQuery``, ``notFound``, ``accessDenied``, ``quotaExceeded`` for a
+  daily quota …) is permanent.
+* Without a reason: HTTP 429/500/502/503/504, network errors, timeouts, ``google.auth``
+  transport errors and retryable refresh errors are transient; the rest permanent.
 
 The Google client has retry layers of its own (``retry`` for HTTP requests, ``job_retry`` for
 re-running failed queries); the adapter passes ``None`` to both, so this module is the only layer
@@ -13,21 +23,37 @@ that retries and its bounds (attempts, elapsed time) are the real ones.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Final, TypeVar
 
 from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exc
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_random_exponential,
 )
 
+from pipestate.domain.errors import StorageError
+
 T = TypeVar("T")
+
+
+class ErrorClass(Enum):
+    TRANSIENT = "transient"
+    """Retry soon (backend hiccup, rate limit, lost connection)."""
+    CONTENTION = "contention"
+    """Retry after a long backoff: the table's DML queue is full or a concurrent DML won."""
+    PERMANENT = "permanent"
+    """Surface at once."""
+    BYTE_CAP = "byte_cap"
+    """``maximum_bytes_billed`` refused the job: permanent, and said so."""
+
 
 _TRANSIENT_TYPES: Final = (
     gexc.TooManyRequests,  # 429
@@ -37,53 +63,103 @@ _TRANSIENT_TYPES: Final = (
     gexc.GatewayTimeout,  # 504
 )
 
-_CONCURRENCY_MARKERS: Final = (
+_CONTENTION_MARKERS: Final = (
     "could not serialize access to table",
     "transaction is aborted due to concurrent update",
     "too many dml statements outstanding",
-    "exceeded rate limits",
 )
-"""Message fragments of the 400/403 errors that mean "try again", not "your SQL is wrong"."""
+"""Message fragments of BigQuery's DML-conflict and DML-queue errors."""
+
+_DML_QUEUE_QUOTA_MARKERS: Final = ("dml", "pending", "running")
+"""``quotaExceeded`` about the DML queue ("… total number of dml jobs writing to a table, pending +
+running"), not a daily quota."""
 
 _TRANSIENT_REASONS: Final = frozenset(
-    {"backendError", "internalError", "jobBackendError", "jobInternalError", "rateLimitExceeded"}
+    {"backendError", "internalError", "jobBackendError", "jobInternalError", "rateLimitExceeded", "stopped"}
 )
-"""``errors[].reason`` values BigQuery documents as retryable."""
+"""``errors[].reason`` values BigQuery documents as retryable, plus ``stopped``: a job cancelled by
+its timeout (the adapter's cancel or ``job_timeout_ms``) is DONE without committing, so running
+the statement again is safe."""
+
+BYTES_BILLED_REASON: Final = "bytesBilledLimitExceeded"
+
+
+def reasons(error: BaseException) -> set[str]:
+    """The ``errors[].reason`` values a Google API exception carries."""
+    return {str(e.get("reason", "")) for e in (getattr(error, "errors", None) or []) if isinstance(e, dict)}
+
+
+def _text(error: BaseException) -> str:
+    return str(getattr(error, "message", "") or error).lower()
+
+
+def classify(error: BaseException) -> ErrorClass:
+    """How the retry layer treats ``error`` (see the module docstring)."""
+    if isinstance(error, StorageError):
+        return ErrorClass.PERMANENT  # already decided (and never resubmitted)
+    found = reasons(error)
+    text = _text(error)
+    if BYTES_BILLED_REASON in found or ("bytes billed" in text and "limit" in text):
+        return ErrorClass.BYTE_CAP
+    if any(marker in text for marker in _CONTENTION_MARKERS):
+        return ErrorClass.CONTENTION
+    if "quotaExceeded" in found:
+        dml_queue = all(marker in text for marker in _DML_QUEUE_QUOTA_MARKERS)
+        return ErrorClass.CONTENTION if dml_queue else ErrorClass.PERMANENT
+    if found & _TRANSIENT_REASONS or "exceeded rate limits" in text:
+        return ErrorClass.TRANSIENT
+    if found - {""}:
+        return ErrorClass.PERMANENT
+    if isinstance(error, _TRANSIENT_TYPES):
+        return ErrorClass.TRANSIENT
+    if isinstance(error, auth_exc.TransportError):
+        return ErrorClass.TRANSIENT
+    if isinstance(error, auth_exc.RefreshError):
+        return ErrorClass.TRANSIENT if error.retryable else ErrorClass.PERMANENT
+    if isinstance(error, gexc.GoogleAPIError | auth_exc.GoogleAuthError):
+        return ErrorClass.PERMANENT
+    # requests' ConnectionError/Timeout derive from OSError, and so does TimeoutError (the
+    # client's result(timeout=…) raises concurrent.futures.TimeoutError, the same class).
+    return ErrorClass.TRANSIENT if isinstance(error, OSError) else ErrorClass.PERMANENT
 
 
 def is_transient(error: BaseException) -> bool:
     """True when ``error`` is worth retrying (see the module docstring)."""
-    if isinstance(error, _TRANSIENT_TYPES):
-        return True
-    if isinstance(error, gexc.BadRequest | gexc.Forbidden):
-        text = str(getattr(error, "message", "") or error).lower()
-        if any(marker in text for marker in _CONCURRENCY_MARKERS):
-            return True
-        reasons = {
-            str(e.get("reason", "")) for e in (getattr(error, "errors", None) or []) if isinstance(e, dict)
-        }
-        return bool(reasons & _TRANSIENT_REASONS)
-    if isinstance(error, gexc.GoogleAPIError):
-        return False
-    # requests' ConnectionError/Timeout derive from OSError, and so does TimeoutError (the
-    # client's result(timeout=…) raises concurrent.futures.TimeoutError, the same class).
-    return isinstance(error, OSError)
+    return classify(error) in (ErrorClass.TRANSIENT, ErrorClass.CONTENTION)
+
+
+RETRIED_ERRORS: Final = (gexc.GoogleAPIError, auth_exc.GoogleAuthError, OSError)
+"""What the adapter translates at its boundary (everything the client and google.auth raise)."""
 
 
 @dataclass(frozen=True)
 class RetrySettings:
     """Bounds of the retry layer: exponential backoff with full jitter.
 
-    The wait before retry ``n`` is uniform in ``[0, min(initial_wait * 2**n, max_wait)]``; it stops
-    after ``max_attempts`` attempts or once ``max_elapsed`` seconds have passed, whichever comes
-    first. The defaults suit BigQuery's per-table DML limits (about one mutating statement per
-    second, two running and twenty queued).
+    The wait before retry ``n`` is uniform in ``[0, min(initial_wait * 2**n, max_wait)]``, and in
+    ``[contention_wait, min(contention_wait * 2**n, max_contention_wait)]`` after a contention
+    error (a full DML queue or a lost DML conflict: retrying soon only queues again). It stops
+    after ``max_attempts`` attempts or once ``max_elapsed`` seconds have passed.
+
+    The defaults follow BigQuery's documented DML behaviour: 2 mutating statements run and up to
+    20 wait per table, each DML takes seconds, and BigQuery itself reruns a conflicting statement
+    up to 3 times before failing it; so a statement may legitimately wait minutes.
     """
 
-    max_attempts: int = 8
+    max_attempts: int = 10
     initial_wait: float = 0.5
     max_wait: float = 10.0
-    max_elapsed: float = 90.0
+    contention_wait: float = 2.0
+    max_contention_wait: float = 60.0
+    max_elapsed: float = 600.0
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        n = max(state.attempt_number - 1, 0)
+        if error is not None and classify(error) is ErrorClass.CONTENTION:
+            high = min(self.contention_wait * 2**n, self.max_contention_wait)
+            return random.uniform(min(self.contention_wait, high), high)
+        return random.uniform(0, min(self.initial_wait * 2**n, self.max_wait))
 
     def retrying(self, on_retry: Callable[[RetryCallState], None] | None = None) -> Retrying:
         kwargs: dict[str, Any] = {}
@@ -91,7 +167,7 @@ class RetrySettings:
             kwargs["before_sleep"] = on_retry
         return Retrying(
             stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_elapsed),
-            wait=wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait),
+            wait=self._wait,
             retry=retry_if_exception(is_transient),
             reraise=True,
             **kwargs,

@@ -42,3 +42,37 @@ def to_table(spec: TableSpec, table_id: str) -> bigquery.Table:
             type_=spec.partition_type or bigquery.TimePartitioningType.DAY, field=spec.partition_field
         )
     return table
+
+
+_TYPE_ALIASES: Final = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN"}
+
+
+def _type_name(name: str) -> str:
+    return _TYPE_ALIASES.get(name.upper(), name.upper())
+
+
+def schema_differences(spec: TableSpec, table: bigquery.Table) -> list[str]:
+    """How an existing table differs from ``spec`` (missing columns, other types or modes, other
+    partitioning or clustering); empty when it matches. Extra columns are allowed."""
+    problems: list[str] = []
+    existing = {f.name: f for f in table.schema}
+    missing = [name for name in spec.field_names if name not in existing]
+    if missing:
+        problems.append(f"exists without columns {missing}")
+    for field in spec.fields:
+        found = existing.get(field.name)
+        if found is None:
+            continue
+        if _type_name(found.field_type) != _type_name(field.type):
+            problems.append(f"column {field.name} is {found.field_type}, the schema says {field.type}")
+        if (found.mode or "NULLABLE").upper() != field.mode and field.mode == "REQUIRED":
+            problems.append(f"column {field.name} is {found.mode}, the schema says {field.mode}")
+    partitioning = table.time_partitioning
+    found_field = None if partitioning is None else (partitioning.field or "_PARTITIONTIME")
+    if found_field != spec.partition_field:
+        problems.append(f"partitioned by {found_field}, the schema says {spec.partition_field}")
+    elif partitioning is not None and spec.partition_type and partitioning.type_ != spec.partition_type:
+        problems.append(f"partitioned by {partitioning.type_}, the schema says {spec.partition_type}")
+    if list(table.clustering_fields or []) != list(spec.clustering):
+        problems.append(f"clustered by {table.clustering_fields}, the schema says {list(spec.clustering)}")
+    return problems

@@ -1,24 +1,30 @@
 """``BigQueryStorage``: the Storage port on BigQuery, one DML or query job per operation.
 
 BigQuery is a warehouse, not an OLTP store (DESIGN.md, "BigQuery rules"): no row locks, no
-``RETURNING``, a handful of concurrent mutating statements per table, and every job is billed.
-So:
+``RETURNING``, a handful of concurrent mutating statements per table, no enforced keys, and every
+job is billed. So:
 
 * rows are created with ``MERGE … WHEN NOT MATCHED THEN INSERT`` over ``UNNEST(@rows)`` (never
-  the streaming API, whose rows cannot be updated for up to 90 minutes);
+  the streaming API, whose rows cannot be updated for up to 90 minutes), under the table's
+  writer lease: an insert-only MERGE does not conflict with a concurrent one, so without it two
+  writers could insert one key twice;
 * every transition is one conditional ``UPDATE … WHERE id = @id AND version = @v`` checked by its
-  affected-row count (``num_dml_affected_rows``);
+  affected-row count (``dml_stats``, else ``num_dml_affected_rows``; missing means unknown, and a
+  count above one for one key is :class:`~pipestate.adapters.bigquery.errors.DuplicateRows`);
 * a claim is two jobs whatever the batch size: one ``UPDATE`` stamps up to N items with the claim
   token, one ``SELECT`` reads them back by that token;
 * every job is parameterized, labelled (``app=pipestate``, ``operation=<method>``), capped with
   ``maximum_bytes_billed``, and run with ``retry=None, job_retry=None`` so that the tenacity layer
-  in :mod:`pipestate.adapters.bigquery.retry` is the only one that retries.
+  in :mod:`pipestate.adapters.bigquery.retry` is the only one that retries;
+* the adapter owns each job's lifecycle: ids ``pipestate_<operation>_<call>_<attempt>``; a lost
+  ``jobs.insert`` answer is resolved by looking the job up; a client timeout or failed poll
+  polls the same job; past ``job_timeout`` the job is cancelled and waited for. No attempt starts
+  while an earlier one may still commit.
 
-A retried statement may already have been applied by the attempt whose response was lost, so on
-the paths where that matters the adapter resolves the ambiguity (DESIGN rule 2): a retried
-conditional ``UPDATE`` that reports zero rows reads the row back and compares it with what it
-wrote; a retried claim cannot claim a second batch, because the ``UPDATE`` only applies while no
-row carries this call's (claim_token, claimed_at) stamp.
+A retried statement, or one whose count BigQuery did not report, is resolved by reading back
+(DESIGN rule 2): a conditional ``UPDATE`` that reports zero rows reads the row back and compares
+it with what it wrote; a retried claim cannot claim a second batch, because the ``UPDATE`` only
+applies while no row carries this call's (claim_token, claimed_at) stamp.
 
 Job cost of every public method is in its docstring and in ``docs/bigquery.md``.
 """
@@ -26,14 +32,16 @@ Job cost of every public method is in its docstring and in ``docs/bigquery.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar, cast
 
 from google.api_core import exceptions as gexc
@@ -42,8 +50,17 @@ from google.cloud import bigquery
 from tenacity import RetryCallState
 
 from pipestate import schemas
-from pipestate.adapters.bigquery.retry import DEFAULT_RETRY_SETTINGS, RetrySettings, is_transient
-from pipestate.adapters.bigquery.schema import parameter_type, to_table
+from pipestate.adapters.bigquery.errors import BytesBilledLimitExceeded, DuplicateRows, JobOutcomeUnknown
+from pipestate.adapters.bigquery.retry import (
+    DEFAULT_RETRY_SETTINGS,
+    RETRIED_ERRORS,
+    ErrorClass,
+    RetrySettings,
+    classify,
+    is_transient,
+    reasons,
+)
+from pipestate.adapters.bigquery.schema import parameter_type, schema_differences, to_table
 from pipestate.adapters.rows import (
     JSON_COLUMNS,
     QUEUE_COLUMNS,
@@ -70,8 +87,28 @@ log = logging.getLogger(__name__)
 DEFAULT_MAXIMUM_BYTES_BILLED: Final = 10 * 1024**3
 """10 GiB per job. A DML statement bills at least 10 MB; the metadata tables stay far smaller."""
 
-DEFAULT_JOB_TIMEOUT: Final = 120.0
-"""Seconds one job may take (including its HTTP calls) before the attempt counts as failed."""
+DEFAULT_JOB_TIMEOUT: Final = 300.0
+"""Seconds the adapter waits for one job (queued DML included) before cancelling it. Also sent as
+the job's ``job_timeout_ms``, so BigQuery stops it at about the same time."""
+
+DEFAULT_REQUEST_TIMEOUT: Final = 60.0
+"""Seconds one HTTP request (insert, poll, get, cancel) may take."""
+
+DEFAULT_CANCEL_WAIT: Final = 60.0
+"""Seconds to wait for a cancelled job to reach DONE before its outcome counts as unknown."""
+
+POLL_INTERVAL: Final = 10.0
+"""Seconds one ``result()`` call waits before the adapter looks at the job again."""
+
+LEASE_QUEUE_GRACE: Final = 5.0
+"""Seconds a claim or heartbeat may wait between being sent and running before the wait is added
+to the lease it writes (see ``_Statements``)."""
+
+DEFAULT_WRITER_LEASE_WAIT: Final = 120.0
+"""Seconds an insert waits for another process's writer lease before giving up (transient)."""
+
+MAX_ROWS_PER_READ: Final = 100_000
+"""Rows a listing without a limit may return (``find_runs``, ``find_queue_items``)."""
 
 MAX_ROWS_PER_STATEMENT: Final = 1000
 MAX_PARAMETER_BYTES_PER_STATEMENT: Final = 4 * 1024**2
@@ -80,7 +117,10 @@ MAX_PARAMETER_BYTES_PER_STATEMENT: Final = 4 * 1024**2
 _PROJECT_RE: Final = re.compile(r"^(?:[A-Za-z0-9.-]+:)?[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 """A project id, optionally domain-scoped (``example.com:project``)."""
 _DATASET_RE: Final = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-_LABEL_RE: Final = re.compile(r"^[a-z0-9_-]{0,63}$")
+_LABEL_KEY_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_LABEL_VALUE_RE: Final = re.compile(r"^[a-z0-9_-]{0,63}$")
+"""BigQuery label rules (ASCII subset): a key starts with a lowercase letter; at most 63 of
+lowercase letters, digits, ``_`` and ``-``; a value may be empty."""
 
 _RUN_KEY_COLUMNS: Final = ("run_id", "tenant_id", "config_id", "created_at")
 _RUN_MUTABLE: Final = tuple(c for c in RUN_COLUMNS if c not in _RUN_KEY_COLUMNS)
@@ -182,6 +222,26 @@ def _rounds(keys: Sequence[str]) -> list[list[int]]:
     return rounds
 
 
+def _newest(rows: Sequence[Any], key: str) -> list[Any]:
+    """One row per key, the highest ``version`` (defence in depth: BigQuery enforces no key, so a
+    duplicate must never show up as two runs); the order of first appearance is kept."""
+    best: dict[Any, Any] = {}
+    for row in rows:
+        held = best.get(row[key])
+        if held is None or row["version"] > held["version"]:
+            best[row[key]] = row
+    if len(best) == len(rows):
+        return list(rows)
+    log.error("BigQuery returned %d rows for %d keys (%s): duplicate keys", len(rows), len(best), key)
+    seen: set[Any] = set()
+    out = []
+    for row in rows:
+        if row[key] not in seen:
+            seen.add(row[key])
+            out.append(best[row[key]])
+    return out
+
+
 def _label(value: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "_", value.lower())[:63]
 
@@ -189,7 +249,8 @@ def _label(value: str) -> str:
 @dataclass(frozen=True)
 class _Result:
     rows: list[Any]
-    affected: int
+    affected: int | None
+    """Rows the DML statement changed (``dml_stats`` for MERGE); ``None`` when BigQuery did not say."""
     job_id: str
     attempts: int
 
@@ -197,6 +258,11 @@ class _Result:
     def retried(self) -> bool:
         """True when an earlier attempt failed: it may have been applied anyway (lost response)."""
         return self.attempts > 1
+
+    @property
+    def uncertain(self) -> bool:
+        """True when the affected-row count cannot be trusted as it is (retried, or unknown)."""
+        return self.retried or self.affected is None
 
 
 class _Attempts:
@@ -207,6 +273,41 @@ class _Attempts:
         self.job_id: str | None = None
 
 
+def _affected(job: Any) -> int | None:
+    """Rows a DML job changed: ``dml_stats`` (documented for MERGE, UPDATE, DELETE, INSERT), else
+    ``num_dml_affected_rows`` (documented for INSERT, UPDATE, DELETE); ``None`` when neither is
+    there: unknown, never 0."""
+    stats = getattr(job, "dml_stats", None)
+    if stats is not None:
+        return (
+            int(stats.inserted_row_count or 0)
+            + int(stats.updated_row_count or 0)
+            + int(stats.deleted_row_count or 0)
+        )
+    count = getattr(job, "num_dml_affected_rows", None)
+    return None if count is None else int(count)
+
+
+def _job_failed(job: Any) -> bool:
+    """The job itself is DONE with an error (as opposed to our polling having failed)."""
+    return getattr(job, "state", None) == "DONE" and getattr(job, "error_result", None) is not None
+
+
+def _ambiguous(error: BaseException) -> bool:
+    """A failed ``jobs.insert`` that may have created the job anyway (5xx, timeout, lost connection)."""
+    return isinstance(error, gexc.ServerError | OSError)
+
+
+def _job_error(job: Any) -> gexc.GoogleAPICallError:
+    """The exception the client itself raises for a failed job (reason-mapped status)."""
+    from google.cloud.bigquery.job.base import _error_result_to_exception
+
+    return cast(
+        gexc.GoogleAPICallError,
+        _error_result_to_exception(job.error_result, job.errors),  # type: ignore[no-untyped-call]
+    )
+
+
 # --------------------------------------------------------------------------- the storage
 class BigQueryStorage:
     """The Storage port on BigQuery.
@@ -215,16 +316,26 @@ class BigQueryStorage:
         client: a ready ``google.cloud.bigquery.Client`` (not closed by :meth:`close` unless the
             storage was built with :meth:`from_dataset`).
         dataset: ``"dataset"`` (in the client's project) or ``"project.dataset"``.
-        location: BigQuery location of the dataset and jobs (``None``: the client's default).
-        maximum_bytes_billed: cap on every job; a job that would bill more fails.
+        location: BigQuery location of the dataset and its jobs (e.g. ``"EU"``). ``None``: the
+            client's location, else the existing dataset's; :meth:`create_schema` refuses to
+            create a dataset without an explicit location.
+        maximum_bytes_billed: cap on every job; a job that would bill more fails with
+            :class:`BytesBilledLimitExceeded` (never retried).
         labels: extra labels put on every job (``app`` and ``operation`` are always set).
         retry: bounds of the retry layer.
-        job_timeout: seconds one job attempt may take.
+        job_timeout: seconds the adapter waits for one job (DML queueing included) before it
+            cancels the job and waits for it to finish; sent as the job's ``job_timeout_ms``.
+        request_timeout: seconds one HTTP request may take.
+        cancel_wait: seconds to wait for a cancelled job to reach DONE.
+        writer_lease_ttl: seconds a writer lease lasts if its holder dies without releasing it
+            (default: long enough for the slowest insert the retry and job budgets allow).
+        writer_lease_wait: seconds an insert waits for another holder's lease.
         threads: threads that run the blocking client calls.
         max_rows_per_statement: rows per MERGE/UPDATE job in batch writes.
+        max_rows_per_read: most rows a read without a ``limit`` returns; more is an error.
 
     Raises:
-        StorageError: an invalid project or dataset name.
+        StorageError: an invalid project or dataset name, label, or budget.
     """
 
     def __init__(
@@ -237,35 +348,71 @@ class BigQueryStorage:
         labels: Mapping[str, str] | None = None,
         retry: RetrySettings = DEFAULT_RETRY_SETTINGS,
         job_timeout: float = DEFAULT_JOB_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        cancel_wait: float = DEFAULT_CANCEL_WAIT,
+        writer_lease_ttl: float | None = None,
+        writer_lease_wait: float = DEFAULT_WRITER_LEASE_WAIT,
         threads: int = 8,
         max_rows_per_statement: int = MAX_ROWS_PER_STATEMENT,
+        max_rows_per_read: int = MAX_ROWS_PER_READ,
     ) -> None:
         project, _, name = dataset.rpartition(".")
         project = project or str(client.project)
         if not _PROJECT_RE.match(project) or not _DATASET_RE.match(name):
             raise StorageError(f"invalid BigQuery dataset {dataset!r} (want [project.]dataset)")
         for key, value in (labels or {}).items():
-            if not (_LABEL_RE.match(key) and key and _LABEL_RE.match(value)):
+            if not (isinstance(key, str) and isinstance(value, str)):
                 raise StorageError(f"invalid BigQuery job label {key!r}={value!r}")
+            if not (_LABEL_KEY_RE.match(key) and _LABEL_VALUE_RE.match(value)):
+                raise StorageError(
+                    f"invalid BigQuery job label {key!r}={value!r}: a key starts with a lowercase letter; "
+                    "keys and values hold at most 63 lowercase letters, digits, '_' or '-'"
+                )
         if maximum_bytes_billed <= 0 or max_rows_per_statement <= 0:
             raise StorageError("maximum_bytes_billed and max_rows_per_statement must be positive")
+        if min(job_timeout, request_timeout, cancel_wait, writer_lease_wait) <= 0:
+            raise StorageError(
+                "job_timeout, request_timeout, cancel_wait and writer_lease_wait must be positive"
+            )
+        # A lease must outlive every MERGE its holder may still have running: the retry budget,
+        # then one more job, then its cancellation.
+        floor = retry.max_elapsed + job_timeout + cancel_wait + request_timeout
+        lease_ttl = floor if writer_lease_ttl is None else writer_lease_ttl
+        if lease_ttl < floor:
+            raise StorageError(
+                f"writer_lease_ttl={lease_ttl:g}s is shorter than the longest insert the budgets allow "
+                f"({floor:g}s = retry.max_elapsed + job_timeout + cancel_wait + request_timeout)"
+            )
         self._client = client
         self._owns_client = False
         self._project = project
         self._dataset = name
-        self._location = location
+        self._location = location or getattr(client, "location", None)
         self._maximum_bytes_billed = maximum_bytes_billed
         self._labels = {**(labels or {}), "app": "pipestate"}
         self._retry = retry
         self._job_timeout = job_timeout
+        self._request_timeout = request_timeout
+        self._cancel_wait = cancel_wait
+        self._lease_ttl = lease_ttl
+        self._lease_wait = writer_lease_wait
         self._max_rows = max_rows_per_statement
+        self._max_read = max(int(max_rows_per_read), 1)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pipestate-bq")
         self._closed = False
+        self._instance = uuid.uuid4().hex[:12]
+        self._wallclock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        """When a claim or heartbeat is sent (this machine's clock; leases are extended by the time
+        the statement waited in BigQuery beyond ``LEASE_QUEUE_GRACE``)."""
         self._runs_spec = schemas.load(schemas.RUNS)
         self._queue_spec = schemas.load(schemas.QUEUE)
         self._schedules_spec = schemas.load(schemas.SCHEDULES)
+        self._leases_spec = schemas.load(schemas.LEASES)
         self._sql = _Statements(
-            self.table_id(schemas.RUNS), self.table_id(schemas.QUEUE), self.table_id(schemas.SCHEDULES)
+            self.table_id(schemas.RUNS),
+            self.table_id(schemas.QUEUE),
+            self.table_id(schemas.SCHEDULES),
+            self.table_id(schemas.LEASES),
         )
 
     @classmethod
@@ -323,42 +470,160 @@ class BigQueryStorage:
 
         try:
             return self._retry.retrying(log_retry)(call, attempts)
-        except (gexc.GoogleAPIError, OSError) as error:
+        except RETRIED_ERRORS as error:
             message = getattr(error, "message", None) or str(error) or type(error).__name__
             after = f" after {attempts.count} attempts" if attempts.count > 1 else ""
-            kind_of = StorageUnavailable if is_transient(error) else StorageError
-            raise kind_of(
-                f"BigQuery {kind}{after} failed: {message}",
-                operation=operation,
-                job_id=attempts.job_id,
-                statement=kind,
-                attempts=attempts.count,
-            ) from error
+            context: dict[str, Any] = {
+                "operation": operation,
+                "job_id": attempts.job_id,
+                "statement": kind,
+                "attempts": attempts.count,
+                "reasons": sorted(reasons(error)),
+            }
+            verdict = classify(error)
+            if verdict is ErrorClass.BYTE_CAP:
+                raise BytesBilledLimitExceeded(
+                    f"BigQuery {kind} would bill more than maximum_bytes_billed="
+                    f"{self._maximum_bytes_billed:,} bytes: {message}",
+                    **context,
+                ) from error
+            kind_of = StorageUnavailable if verdict is not ErrorClass.PERMANENT else StorageError
+            raise kind_of(f"BigQuery {kind}{after} failed: {message}", **context) from error
 
     def _execute(self, operation: str, kind: str, sql: str, params: Sequence[Any]) -> _Result:
+        """One logical statement: jobs ``pipestate_<operation>_<call>_<attempt>``, one per attempt.
+
+        An attempt never starts while an earlier one may still commit: a lost ``jobs.insert``
+        response is resolved by looking the job up, and a job that outlives ``job_timeout`` is
+        cancelled and waited for (DESIGN rule 5).
+        """
+        call = uuid.uuid4().hex[:20]
+
         def attempt(state: _Attempts) -> _Result:
             state.count += 1
-            state.job_id = f"pipestate_{_label(operation)}_{uuid.uuid4().hex}"
+            state.job_id = f"pipestate_{_label(operation)}_{call}_{state.count}"
             config = bigquery.QueryJobConfig(
                 query_parameters=list(params),
                 labels={**self._labels, "operation": _label(operation)},
                 maximum_bytes_billed=self._maximum_bytes_billed,
                 use_legacy_sql=False,
+                job_timeout_ms=int(self._job_timeout * 1000),
             )
-            job = self._client.query(
+            job = self._submit(sql, config, state.job_id)
+            rows = self._wait(job)
+            return _Result(rows, _affected(job), state.job_id, state.count)
+
+        return self._with_retries(operation, kind, attempt)
+
+    def _submit(self, sql: str, config: bigquery.QueryJobConfig, job_id: str) -> Any:
+        """``jobs.insert``; when its answer is lost (5xx, timeout, connection), the job is looked up
+        by its id before anything is resubmitted."""
+        try:
+            return self._client.query(
                 sql,
                 job_config=config,
-                job_id=state.job_id,
+                job_id=job_id,
                 location=self._location,
                 retry=_NO_RETRY,
                 job_retry=None,
-                timeout=self._job_timeout,
+                timeout=self._request_timeout,
             )
-            rows = list(job.result(retry=_NO_RETRY, job_retry=None, timeout=self._job_timeout))
-            affected = job.num_dml_affected_rows
-            return _Result(rows, int(affected or 0), state.job_id, state.count)
+        except gexc.Conflict:
+            # The id is this attempt's own: an earlier request of it created the job.
+            found = self._lookup(job_id)
+            if found is None:
+                raise
+            return found
+        except RETRIED_ERRORS as error:
+            if not _ambiguous(error):
+                raise
+            found = self._lookup(job_id)
+            if found is None:
+                raise  # never created: the retry layer may submit the next attempt
+            log.warning(
+                "BigQuery jobs.insert of %s failed (%s) but the job exists; waiting for it", job_id, error
+            )
+            return found
 
-        return self._with_retries(operation, kind, attempt)
+    def _lookup(self, job_id: str) -> Any | None:
+        """The job with this id, or ``None`` if BigQuery never created it.
+
+        Raises:
+            JobOutcomeUnknown: BigQuery could not be asked within the wait budget.
+        """
+        deadline = time.monotonic() + self._cancel_wait
+        while True:
+            try:
+                return self._client.get_job(
+                    job_id, location=self._location, retry=_NO_RETRY, timeout=self._request_timeout
+                )
+            except gexc.NotFound:
+                return None
+            except RETRIED_ERRORS as error:
+                if not is_transient(error) or time.monotonic() >= deadline:
+                    raise JobOutcomeUnknown(
+                        f"BigQuery job {job_id} may have been created but cannot be looked up: {error}",
+                        job_id=job_id,
+                    ) from error
+                time.sleep(min(1.0, self._cancel_wait / 10))
+
+    def _refresh(self, job: Any) -> bool:
+        """Reload the job's state; False when BigQuery could not be asked just now."""
+        try:
+            job.reload(retry=_NO_RETRY, timeout=self._request_timeout)
+        except RETRIED_ERRORS as error:
+            if not is_transient(error):
+                raise
+            return False
+        return True
+
+    def _wait(self, job: Any) -> list[Any]:
+        """The job's rows once it is DONE. A client-side timeout or a failed poll never abandons
+        the job: the adapter polls the same job until ``job_timeout``, then cancels it and waits
+        for DONE. A job that committed after all is a success; one that is DONE with an error
+        raises that error (the retry layer may then submit the next attempt: nothing committed).
+
+        Raises:
+            JobOutcomeUnknown: the job did not reach DONE even after its cancellation.
+        """
+        deadline = time.monotonic() + self._job_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._cancel_and_settle(job)
+            try:
+                return list(
+                    job.result(retry=_NO_RETRY, job_retry=None, timeout=min(remaining, POLL_INTERVAL))
+                )
+            except RETRIED_ERRORS as error:
+                if _job_failed(job) or not is_transient(error):
+                    raise  # the job's own error, or a permanent polling error (no such job, no access)
+                log.info("BigQuery job %s not answered yet (%s); polling it again", job.job_id, error)
+                self._refresh(job)
+                if _job_failed(job):
+                    raise _job_error(job) from error
+
+    def _cancel_and_settle(self, job: Any) -> list[Any]:
+        log.warning("BigQuery job %s outlived job_timeout=%ss; cancelling it", job.job_id, self._job_timeout)
+        try:
+            self._client.cancel_job(
+                job.job_id, location=self._location, retry=_NO_RETRY, timeout=self._request_timeout
+            )
+        except RETRIED_ERRORS as error:
+            log.warning("cancelling BigQuery job %s failed: %s", job.job_id, error)
+        deadline = time.monotonic() + self._cancel_wait
+        while not (self._refresh(job) and job.state == "DONE"):
+            if time.monotonic() >= deadline:
+                raise JobOutcomeUnknown(
+                    f"BigQuery job {job.job_id} did not finish within job_timeout={self._job_timeout}s "
+                    f"and cancel_wait={self._cancel_wait}s; it may still commit",
+                    job_id=job.job_id,
+                )
+            time.sleep(min(1.0, self._cancel_wait / 10))
+        if job.error_result is not None:
+            raise _job_error(job)
+        # It committed before the cancellation took effect: its result is the answer.
+        return list(job.result(retry=_NO_RETRY, job_retry=None, timeout=self._request_timeout))
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         if self._closed:
@@ -371,34 +636,74 @@ class BigQueryStorage:
 
     # ------------------------------------------------------------------ set-up
     async def create_schema(self) -> None:
-        """Create the dataset and the three tables from ``schemas/*.json`` if absent.
+        """Create the dataset (only if it is missing) and the tables from ``schemas/*.json`` (if
+        absent), and the writer-lease rows.
 
-        Jobs: 0 (dataset and table API calls, about 4 + 3 requests). Idempotent; an existing table
-        missing a column of the schema is an error (migrations are explicit, not automatic).
+        Jobs: 0 once set up (dataset and table API calls, and a free ``tabledata.list`` of the tiny
+        lease table); 1 MERGE the first time. Needs only ``dataEditor`` on an existing dataset:
+        the dataset is read first and created only when missing, which needs an explicit
+        ``location``. Idempotent. An existing table whose columns, types, partitioning or
+        clustering differ from the schema is an error (migrations are explicit, not automatic).
         """
 
-        def create(state: _Attempts) -> None:
+        def create(state: _Attempts) -> bool:
             state.count += 1
-            dataset = bigquery.Dataset(self.dataset_id)
-            if self._location is not None:
-                dataset.location = self._location
-            self._client.create_dataset(dataset, exists_ok=True, retry=_NO_RETRY, timeout=self._job_timeout)
-            for spec in schemas.load_all():
+            self._ensure_dataset()
+            for spec in schemas.load_bigquery():
                 table = self._client.create_table(
                     to_table(spec, self.table_id(spec.table)),
                     exists_ok=True,
                     retry=_NO_RETRY,
-                    timeout=self._job_timeout,
+                    timeout=self._request_timeout,
                 )
-                missing = set(spec.field_names) - {f.name for f in table.schema}
-                if missing:
+                problems = schema_differences(spec, table)
+                if problems:
                     raise StorageError(
-                        f"table {self.table_id(spec.table)} exists without columns {sorted(missing)}"
-                        f" of schema version {spec.version}",
+                        f"table {self.table_id(spec.table)} does not match schema version {spec.version}: "
+                        + "; ".join(problems),
                         operation="create_schema",
                     )
+            rows = self._client.list_rows(
+                self.table_id(schemas.LEASES),
+                selected_fields=[bigquery.SchemaField("name", "STRING")],
+                retry=_NO_RETRY,
+                timeout=self._request_timeout,
+            )
+            return not set(schemas.TABLES) <= {row["name"] for row in rows}
 
-        await self._in_thread(lambda: self._with_retries("create_schema", "DDL", create))
+        missing_leases = await self._in_thread(lambda: self._with_retries("create_schema", "DDL", create))
+        if missing_leases:
+            await self._query(
+                "create_schema",
+                "MERGE",
+                self._sql.lease_rows,
+                [bigquery.ArrayQueryParameter("names", "STRING", list(schemas.TABLES))],
+            )
+
+    def _ensure_dataset(self) -> None:
+        try:
+            dataset = self._client.get_dataset(
+                self.dataset_id, retry=_NO_RETRY, timeout=self._request_timeout
+            )
+        except gexc.NotFound:
+            if self._location is None:
+                raise StorageError(
+                    f"dataset {self.dataset_id} does not exist and no location was given: pass "
+                    "location= (e.g. 'EU', 'US', 'europe-west1'); BigQuery would otherwise pick US",
+                    operation="create_schema",
+                ) from None
+            new = bigquery.Dataset(self.dataset_id)
+            new.location = self._location
+            self._client.create_dataset(new, exists_ok=True, retry=_NO_RETRY, timeout=self._request_timeout)
+            return
+        found = getattr(dataset, "location", None)
+        if self._location is None:
+            self._location = found
+        elif found and str(found).lower() != self._location.lower():
+            raise StorageError(
+                f"dataset {self.dataset_id} is in {found}, not in the configured location {self._location}",
+                operation="create_schema",
+            )
 
     async def drop_dataset(self) -> None:
         """Delete the dataset and every table in it (tests and ``demo`` only)."""
@@ -410,7 +715,7 @@ class BigQueryStorage:
                 delete_contents=True,
                 not_found_ok=True,
                 retry=_NO_RETRY,
-                timeout=self._job_timeout,
+                timeout=self._request_timeout,
             )
 
         await self._in_thread(lambda: self._with_retries("drop_dataset", "DDL", drop))
@@ -427,17 +732,94 @@ class BigQueryStorage:
     async def _insert_if_absent(
         self, operation: str, spec: schemas.TableSpec, key: str, rows: list[dict[str, Any]]
     ) -> tuple[int, bool]:
-        """MERGE the rows whose key is absent; (rows inserted, whether any job was retried)."""
+        """MERGE the rows whose key is absent, holding the table's writer lease; (rows inserted,
+        whether the count is uncertain: a retried job or a missing ``dml_stats``).
+
+        An insert-only MERGE does not conflict with a concurrent one on BigQuery: two of them can
+        both insert one key. The lease makes inserts into one table run one at a time.
+        """
         unique = list({row[key]: row for row in rows}.values())
+        if not unique:
+            return 0, False
         sql = self._sql.merge(spec, key)
-        inserted, retried = 0, False
-        for chunk in _chunks(unique, self._max_rows, MAX_PARAMETER_BYTES_PER_STATEMENT):
-            result = await self._query(
-                operation, "MERGE", sql, [_struct_array(spec, chunk, spec.field_names)]
-            )
-            inserted += result.affected
-            retried = retried or result.retried
-        return inserted, retried
+        inserted, uncertain = 0, False
+        async with self._writer_lease(operation, spec.table):
+            for chunk in _chunks(unique, self._max_rows, MAX_PARAMETER_BYTES_PER_STATEMENT):
+                result = await self._query(
+                    operation, "MERGE", sql, [_struct_array(spec, chunk, spec.field_names)]
+                )
+                if result.affected is None:
+                    uncertain = True
+                else:
+                    inserted += result.affected
+                uncertain = uncertain or result.retried
+        return inserted, uncertain
+
+    @contextlib.asynccontextmanager
+    async def _writer_lease(self, operation: str, table: str) -> AsyncIterator[None]:
+        """Hold the writer lease of ``table`` (a row of the lease table) for the block.
+
+        Taken with one conditional UPDATE that applies only while no row of that name is held
+        (concurrent UPDATEs of one table conflict on BigQuery, so at most one wins); released with
+        one UPDATE. Jobs: 2 when free; +1 read and a wait when another process holds it. Not
+        released when the block's outcome is unknown (a MERGE may still commit): it expires.
+
+        Raises:
+            StorageUnavailable: another holder kept it for ``writer_lease_wait`` seconds.
+            DuplicateRows: never; duplicate lease rows are harmless (all are taken together).
+        """
+        holder = f"{self._instance}:{uuid.uuid4().hex[:12]}"
+        name = [_scalar("name", "STRING", table)]
+        acquire = [*name, _scalar("holder", "STRING", holder), _scalar("ttl", "INT64", int(self._lease_ttl))]
+        deadline = time.monotonic() + self._lease_wait
+        wait = 0.05
+        while True:
+            result = await self._query("writer_lease", "UPDATE", self._sql.lease_acquire, acquire)
+            if result.affected and not result.retried:
+                break
+            held = await self._query("writer_lease", "SELECT", self._sql.lease_read, name)
+            holders = {row["holder"] for row in held.rows}
+            if holder in holders:
+                break  # an unanswered attempt took it
+            if not held.rows:
+                # The lease table predates this dataset's rows (create_schema not re-run): add them.
+                await self._query(
+                    "writer_lease",
+                    "MERGE",
+                    self._sql.lease_rows,
+                    [bigquery.ArrayQueryParameter("names", "STRING", list(schemas.TABLES))],
+                )
+                continue
+            if time.monotonic() >= deadline:
+                raise StorageUnavailable(
+                    f"the writer lease of {table} is held by {sorted(h for h in holders if h)}; "
+                    f"waited {self._lease_wait:g}s",
+                    operation=operation,
+                )
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 2.0)
+        release = True
+        try:
+            yield
+        except JobOutcomeUnknown:
+            release = False  # the MERGE may still commit: let the lease expire instead
+            raise
+        finally:
+            if release:
+                try:
+                    await self._query(
+                        "writer_lease",
+                        "UPDATE",
+                        self._sql.lease_release,
+                        [*name, _scalar("holder", "STRING", holder)],
+                    )
+                except StorageError as error:  # it expires by itself
+                    log.warning("releasing the writer lease of %s failed: %s", table, error)
+
+    def _check_single(self, result: _Result, table: str, key: str, operation: str) -> None:
+        """A compare-and-set on one key that changed more than one row: corruption, said loudly."""
+        if result.affected is not None and result.affected > 1:
+            raise DuplicateRows(table, key, result.affected, operation=operation)
 
     async def _update_batch(
         self,
@@ -458,20 +840,25 @@ class BigQueryStorage:
                 result = await self._query(
                     operation, "UPDATE", sql, [_struct_array(spec, chunk, mutable, extra)]
                 )
-                if result.retried:
-                    # An earlier attempt may have applied part of it: count what is stored now.
+                if result.affected is not None and result.affected > len(chunk):
+                    raise DuplicateRows(
+                        spec.table, key, result.affected - len(chunk) + 1, operation=operation
+                    )
+                if result.uncertain:
+                    # An earlier attempt may have applied part of it (or BigQuery gave no count):
+                    # count what is stored now.
                     wanted = {
                         r[key]: {c: v for c, v in r.items() if c not in ("b_id", "b_expected")} for r in chunk
                     }
                     stored = await reread(list(wanted))
                     applied += sum(1 for row in stored if wanted.get(row[key]) == row)
                 else:
-                    applied += result.affected
+                    applied += result.affected or 0
         return applied
 
     # ------------------------------------------------------------------ runs
     async def insert_runs(self, runs: Sequence[PipelineRun]) -> int:
-        """Jobs: 1 per 1,000 distinct runs (0 for an empty batch)."""
+        """Jobs: 1 MERGE per 1,000 distinct runs + 2 for the writer lease (0 for an empty batch)."""
         inserted, _ = await self._insert_if_absent(
             "insert_runs", self._runs_spec, "run_id", [run_to_row(r) for r in runs]
         )
@@ -483,7 +870,8 @@ class BigQueryStorage:
 
     async def _get_run(self, operation: str, run_id: str) -> PipelineRun | None:
         result = await self._query(operation, "SELECT", self._sql.get_run, [_scalar("id", "STRING", run_id)])
-        return run_from_row(result.rows[0]) if result.rows else None
+        rows = _newest(result.rows, "run_id")
+        return run_from_row(rows[0]) if rows else None
 
     async def get_runs(self, run_ids: Collection[str]) -> list[PipelineRun]:
         """Jobs: 1 (0 for no ids)."""
@@ -495,7 +883,7 @@ class BigQueryStorage:
         result = await self._query(
             operation, "SELECT", self._sql.get_runs, [bigquery.ArrayQueryParameter("ids", "STRING", ids)]
         )
-        return result.rows
+        return _newest(result.rows, "run_id")
 
     async def update_run(self, run: PipelineRun, expected_version: int) -> bool:
         """Jobs: 1 when applied; 2 when not (the second tells a stale row from a missing one, or
@@ -507,12 +895,13 @@ class BigQueryStorage:
             _scalar("b_expected", "INT64", expected_version),
         ]
         result = await self._query("update_run", "UPDATE", self._sql.update_run, params)
+        self._check_single(result, schemas.RUNS, run.run_id, "update_run")
         if result.affected == 1:
             return True
         stored = await self._get_run("update_run", run.run_id)
         if stored is None:
             raise RunNotFound(run.run_id)
-        return result.retried and stored == run
+        return result.uncertain and stored == run
 
     async def update_runs(self, runs: Sequence[tuple[PipelineRun, int]]) -> int:
         """Jobs: 1 per 1,000 pairs (0 for none); +1 read-back per retried statement. A batch that
@@ -536,7 +925,8 @@ class BigQueryStorage:
     async def find_runs(
         self, criteria: RunFilter, *, order: RunOrder = RunOrder.SCHEDULED_ASC, limit: int | None = None
     ) -> list[PipelineRun]:
-        """Jobs: 1."""
+        """Jobs: 1. Without ``limit`` at most ``max_rows_per_read`` rows are read; more raise
+        :class:`StorageError` instead of downloading a whole table."""
         where, params = _run_conditions(criteria)
         order_by = {
             RunOrder.SCHEDULED_ASC: "`scheduled_time`, `run_id`",
@@ -544,12 +934,22 @@ class BigQueryStorage:
             RunOrder.UPDATED_DESC: "`updated_at` DESC NULLS LAST, `run_id`",
         }[RunOrder(order)]
         # The table name comes from the validated dataset name; every value is a parameter.
-        sql = f"SELECT {_cols(RUN_COLUMNS)} FROM `{self._sql.runs}` {where} ORDER BY {order_by}"
-        if limit is not None:
-            sql += " LIMIT @limit"
-            params.append(_scalar("limit", "INT64", max(int(limit), 0)))
+        sql = f"SELECT {_cols(RUN_COLUMNS)} FROM `{self._sql.runs}` {where} ORDER BY {order_by} LIMIT @limit"
+        params.append(_scalar("limit", "INT64", self._read_limit(limit)))
         result = await self._query("find_runs", "SELECT", sql, params)
-        return [run_from_row(r) for r in result.rows]
+        self._check_bounded("find_runs", result, limit)
+        return [run_from_row(r) for r in _newest(result.rows, "run_id")]
+
+    def _read_limit(self, limit: int | None) -> int:
+        return self._max_read + 1 if limit is None else max(int(limit), 0)
+
+    def _check_bounded(self, operation: str, result: _Result, limit: int | None) -> None:
+        if limit is None and len(result.rows) > self._max_read:
+            raise StorageError(
+                f"{operation} matched more than max_rows_per_read={self._max_read:,} rows; pass a limit",
+                operation=operation,
+                job_id=result.job_id,
+            )
 
     async def count_runs_by_state(self, tenant_id: str | None = None) -> dict[RunState, int]:
         """Jobs: 1."""
@@ -562,7 +962,7 @@ class BigQueryStorage:
 
     # ------------------------------------------------------------------ queue
     async def insert_queue_items(self, items: Sequence[QueueItem]) -> int:
-        """Jobs: 1 per 1,000 distinct items (0 for an empty batch)."""
+        """Jobs: 1 MERGE per 1,000 distinct items + 2 for the writer lease (0 for an empty batch)."""
         inserted, _ = await self._insert_if_absent(
             "insert_queue_items", self._queue_spec, "queue_id", [queue_to_row(i) for i in items]
         )
@@ -576,7 +976,8 @@ class BigQueryStorage:
         result = await self._query(
             operation, "SELECT", self._sql.get_item, [_scalar("id", "STRING", queue_id)]
         )
-        return queue_from_row(result.rows[0]) if result.rows else None
+        rows = _newest(result.rows, "queue_id")
+        return queue_from_row(rows[0]) if rows else None
 
     async def claim_queue_items(
         self, *, worker_id: str, claim_token: str, now: datetime, lease_expires_at: datetime, limit: int
@@ -594,13 +995,14 @@ class BigQueryStorage:
                 *stamp,
                 _scalar("worker", "STRING", worker_id),
                 _scalar("lease", "TIMESTAMP", lease_expires_at),
+                _scalar("sent", "TIMESTAMP", self._wallclock()),
                 _scalar("limit", "INT64", limit),
             ],
         )
         result = await self._query(
             "claim_queue_items", "SELECT", self._sql.claimed, [*stamp, _scalar("worker", "STRING", worker_id)]
         )
-        return [queue_from_row(r) for r in result.rows]
+        return [queue_from_row(r) for r in _newest(result.rows, "queue_id")]
 
     async def transition_queue_item(
         self,
@@ -627,9 +1029,10 @@ class BigQueryStorage:
         result = await self._query(
             "transition_queue_item", "UPDATE", self._sql.transition(to_status, fenced), params
         )
+        self._check_single(result, schemas.QUEUE, queue_id, "transition_queue_item")
         if result.affected == 1:
             return True
-        if not result.retried:
+        if not result.uncertain:
             return False
         item = await self._get_item("transition_queue_item", queue_id)
         return (
@@ -647,18 +1050,21 @@ class BigQueryStorage:
             _scalar("id", "STRING", queue_id),
             _scalar("token", "STRING", claim_token),
             _scalar("lease", "TIMESTAMP", lease_expires_at),
+            _scalar("sent", "TIMESTAMP", self._wallclock()),
         ]
         result = await self._query("extend_queue_lease", "UPDATE", self._sql.extend_lease, params)
+        self._check_single(result, schemas.QUEUE, queue_id, "extend_queue_lease")
         if result.affected == 1:
             return True
-        if not result.retried:
+        if not result.uncertain:
             return False
         item = await self._get_item("extend_queue_lease", queue_id)
         return (
             item is not None
             and item.status is QueueStatus.PROCESSING
             and item.claim_token == claim_token
-            and item.lease_expires_at == utc(lease_expires_at)
+            and item.lease_expires_at is not None
+            and item.lease_expires_at >= utc(lease_expires_at)  # type: ignore[operator]
         )
 
     async def find_queue_items(
@@ -683,13 +1089,12 @@ class BigQueryStorage:
             params.append(_scalar("run_id", "STRING", run_id))
         sql = (
             f"SELECT {_cols(QUEUE_COLUMNS)} FROM `{self._sql.queue}` {_where(conditions)} "
-            "ORDER BY `priority`, `created_at`, `queue_id`"
+            "ORDER BY `priority`, `created_at`, `queue_id` LIMIT @limit"
         )
-        if limit is not None:
-            sql += " LIMIT @limit"
-            params.append(_scalar("limit", "INT64", max(int(limit), 0)))
+        params.append(_scalar("limit", "INT64", self._read_limit(limit)))
         result = await self._query("find_queue_items", "SELECT", sql, params)
-        return [queue_from_row(r) for r in result.rows]
+        self._check_bounded("find_queue_items", result, limit)
+        return [queue_from_row(r) for r in _newest(result.rows, "queue_id")]
 
     async def count_queue_items(self, status: QueueStatus | None = None, tenant_id: str | None = None) -> int:
         """Jobs: 1."""
@@ -721,7 +1126,7 @@ class BigQueryStorage:
                 by_priority[int(row["key"])] = int(row["n"])
             elif kind == "wait":
                 avg = None if row["value"] is None else float(row["value"])
-                oldest = utc(row["at"])
+                oldest = utc(row["ts"])
             elif kind == "p95" and row["value"] is not None:
                 p95 = float(row["value"])
         return QueueStats(
@@ -737,19 +1142,19 @@ class BigQueryStorage:
 
     # ------------------------------------------------------------------ schedules
     async def insert_schedule(self, schedule: PipelineSchedule) -> bool:
-        """Jobs: 1 (+1 read-back when a retried MERGE reports no row)."""
-        inserted, retried = await self._insert_if_absent(
+        """Jobs: 3 (the MERGE and the writer lease; +1 read-back when its count is uncertain)."""
+        inserted, uncertain = await self._insert_if_absent(
             "insert_schedule", self._schedules_spec, "schedule_id", [schedule_to_row(schedule)]
         )
-        if inserted == 1:
+        if inserted == 1 and not uncertain:
             return True
-        if not retried:
+        if not uncertain:
             return False
         return await self._get_schedule("insert_schedule", schedule.schedule_id) == schedule
 
     async def insert_schedules(self, schedules: Sequence[PipelineSchedule]) -> int:
         """Batch :meth:`insert_schedule` (not in the port yet): insert the absent ones, return how
-        many. Jobs: 1 per 1,000 distinct schedules (0 for none)."""
+        many. Jobs: 1 per 1,000 distinct schedules + 2 for the writer lease (0 for none)."""
         inserted, _ = await self._insert_if_absent(
             "insert_schedules", self._schedules_spec, "schedule_id", [schedule_to_row(s) for s in schedules]
         )
@@ -763,7 +1168,8 @@ class BigQueryStorage:
         result = await self._query(
             operation, "SELECT", self._sql.get_schedule, [_scalar("id", "STRING", schedule_id)]
         )
-        return schedule_from_row(result.rows[0]) if result.rows else None
+        rows = _newest(result.rows, "schedule_id")
+        return schedule_from_row(rows[0]) if rows else None
 
     async def list_schedules(
         self, *, tenant_id: str | None = None, enabled: bool | None = None
@@ -782,7 +1188,7 @@ class BigQueryStorage:
             "ORDER BY `tenant_id`, `config_id`, `schedule_id`"
         )
         result = await self._query("list_schedules", "SELECT", sql, params)
-        return [schedule_from_row(r) for r in result.rows]
+        return [schedule_from_row(r) for r in _newest(result.rows, "schedule_id")]
 
     async def update_schedule(self, schedule: PipelineSchedule, expected_version: int) -> bool:
         """Jobs: 1 when applied; 2 when not (see :meth:`update_run`)."""
@@ -793,12 +1199,13 @@ class BigQueryStorage:
             _scalar("b_expected", "INT64", expected_version),
         ]
         result = await self._query("update_schedule", "UPDATE", self._sql.update_schedule, params)
+        self._check_single(result, schemas.SCHEDULES, schedule.schedule_id, "update_schedule")
         if result.affected == 1:
             return True
         stored = await self._get_schedule("update_schedule", schedule.schedule_id)
         if stored is None:
             raise ScheduleNotFound(schedule.schedule_id)
-        return result.retried and stored == schedule
+        return result.uncertain and stored == schedule
 
     async def update_schedules(self, schedules: Sequence[tuple[PipelineSchedule, int]]) -> int:
         """Jobs: 1 per 1,000 pairs (0 for none); +1 read-back per retried statement."""
@@ -812,7 +1219,7 @@ class BigQueryStorage:
                 self._sql.get_schedules,
                 [bigquery.ArrayQueryParameter("ids", "STRING", ids)],
             )
-            return [schedule_to_row(schedule_from_row(r)) for r in result.rows]
+            return [schedule_to_row(schedule_from_row(r)) for r in _newest(result.rows, "schedule_id")]
 
         return await self._update_batch(
             "update_schedules",
@@ -828,7 +1235,7 @@ class BigQueryStorage:
         """Jobs: 1, whatever the number of schedules (clustered on enabled, next_fire_time)."""
         params = [_scalar("now", "TIMESTAMP", now), _scalar("limit", "INT64", max(int(limit), 0))]
         result = await self._query("due_schedules", "SELECT", self._sql.due, params)
-        return [schedule_from_row(r) for r in result.rows]
+        return [schedule_from_row(r) for r in _newest(result.rows, "schedule_id")]
 
 
 # --------------------------------------------------------------------------- SQL
@@ -871,11 +1278,35 @@ class _Statements:
     :mod:`schemas`; every value is a query parameter.
     """
 
-    def __init__(self, runs: str, queue: str, schedules: str) -> None:
+    def __init__(self, runs: str, queue: str, schedules: str, leases: str) -> None:
         self.runs = runs
         self.queue = queue
         self.schedules = schedules
-        r, q, s = f"`{runs}`", f"`{queue}`", f"`{schedules}`"
+        self.leases = leases
+        r, q, s, w = f"`{runs}`", f"`{queue}`", f"`{schedules}`", f"`{leases}`"
+        # The writer lease (see BigQueryStorage._writer_lease): BigQuery's own clock, so a lease
+        # that waits in the DML queue is not spent before it is taken.
+        self.lease_acquire = (
+            f"UPDATE {w} SET `holder` = @holder, `acquired_at` = CURRENT_TIMESTAMP(), "
+            "`expires_at` = TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL @ttl SECOND), "
+            "`version` = `version` + 1 "
+            f"WHERE `name` = @name AND NOT EXISTS (SELECT 1 FROM {w} AS h WHERE h.`name` = @name "
+            "AND h.`holder` IS NOT NULL AND h.`expires_at` > CURRENT_TIMESTAMP())"
+        )
+        self.lease_release = (
+            f"UPDATE {w} SET `holder` = NULL, `acquired_at` = NULL, `expires_at` = NULL, "
+            "`version` = `version` + 1 WHERE `name` = @name AND `holder` = @holder"
+        )
+        self.lease_read = (
+            f"SELECT `holder`, `expires_at` FROM {w} WHERE `name` = @name "
+            "AND (`holder` IS NULL OR `expires_at` > CURRENT_TIMESTAMP())"
+        )
+        self.lease_rows = (
+            f"MERGE {w} AS t USING (SELECT n AS `name` FROM UNNEST(@names) AS n) AS s "
+            "ON t.`name` = s.`name` WHEN NOT MATCHED THEN "
+            "INSERT (`name`, `holder`, `acquired_at`, `expires_at`, `version`) "
+            "VALUES (s.`name`, NULL, NULL, NULL, 1)"
+        )
         self.get_run = f"SELECT {_cols(RUN_COLUMNS)} FROM {r} WHERE `run_id` = @id"
         self.get_runs = (
             f"SELECT {_cols(RUN_COLUMNS)} FROM {r} WHERE `run_id` IN UNNEST(@ids) ORDER BY `run_id`"
@@ -895,9 +1326,16 @@ class _Statements:
         )
         # One UPDATE picks and stamps the batch. The NOT EXISTS makes a retried claim whose first
         # attempt was applied (response lost) a no-op instead of a second batch under one token.
+        # A lease is counted from when BigQuery runs the statement, not from when it was sent: the
+        # time a claim or heartbeat spent queued (DML queue, retries) beyond a grace is added, by
+        # BigQuery's clock (CURRENT_TIMESTAMP() is the statement's start).
+        served = (
+            "TIMESTAMP_ADD(@lease, INTERVAL GREATEST(TIMESTAMP_DIFF(CURRENT_TIMESTAMP(), @sent, MICROSECOND) "
+            f"- {int(LEASE_QUEUE_GRACE * 1_000_000)}, 0) MICROSECOND)"
+        )
         self.claim = (
             f"UPDATE {q} SET `status` = '{_PROCESSING}', `worker_id` = @worker, `claim_token` = @token, "
-            "`claimed_at` = @now, `updated_at` = @now, `lease_expires_at` = @lease, "
+            f"`claimed_at` = @now, `updated_at` = @now, `lease_expires_at` = {served}, "
             "`attempts` = `attempts` + 1, `version` = `version` + 1 "
             f"WHERE `queue_id` IN (SELECT p.`queue_id` FROM {q} AS p WHERE p.`status` = '{_QUEUED}' "
             "ORDER BY p.`priority`, p.`created_at`, p.`queue_id` LIMIT @limit) "
@@ -912,23 +1350,24 @@ class _Statements:
         )
         self.extend_lease = (
             # Idempotent, so that a retry of an applied extension does not bump the version again.
-            f"UPDATE {q} SET `lease_expires_at` = @lease, "
-            "`version` = `version` + IF(`lease_expires_at` = @lease, 0, 1) "
+            f"UPDATE {q} SET `lease_expires_at` = {served}, "
+            "`version` = `version` + IF(`lease_expires_at` >= @lease, 0, 1) "
             f"WHERE `queue_id` = @id AND `status` = '{_PROCESSING}' AND `claim_token` = @token"
         )
+        # Every figure in one job, without a window over the whole history: p95 from
+        # APPROX_QUANTILES (exact for up to a few thousand values, bounded memory beyond).
+        # `ts`, not `at`: AT is a reserved keyword in GoogleSQL (the emulator accepts it).
         self.stats = (
             f"WITH base AS (SELECT `status`, `priority`, `created_at`, "
-            f"TIMESTAMP_DIFF(`claimed_at`, `created_at`, MICROSECOND) / 1000000 AS wait FROM {q}), "
-            "waits AS (SELECT wait, ROW_NUMBER() OVER (ORDER BY wait) AS rn, COUNT(*) OVER () AS total "
-            "FROM base WHERE wait IS NOT NULL) "
+            f"TIMESTAMP_DIFF(`claimed_at`, `created_at`, MICROSECOND) / 1000000 AS wait FROM {q}) "
             "SELECT 'status' AS kind, `status` AS key, COUNT(*) AS n, "
-            "CAST(NULL AS FLOAT64) AS value, CAST(NULL AS TIMESTAMP) AS at FROM base GROUP BY `status` "
+            "CAST(NULL AS FLOAT64) AS value, CAST(NULL AS TIMESTAMP) AS ts FROM base GROUP BY `status` "
             "UNION ALL SELECT 'priority', CAST(`priority` AS STRING), COUNT(*), NULL, NULL FROM base "
             f"WHERE `status` = '{_QUEUED}' GROUP BY `priority` "
             f"UNION ALL SELECT 'wait', NULL, COUNT(wait), AVG(wait), MIN(IF(`status` = '{_QUEUED}', "
             "`created_at`, NULL)) FROM base "
-            "UNION ALL SELECT 'p95', NULL, NULL, MAX(wait), NULL FROM waits "
-            "WHERE rn = GREATEST(CAST(CEIL(0.95 * total) AS INT64), 1)"
+            "UNION ALL SELECT 'p95', NULL, NULL, APPROX_QUANTILES(wait, 100)[OFFSET(95)], NULL FROM base "
+            "WHERE wait IS NOT NULL"
         )
         self._transitions = {
             (status, fenced): self._transition(q, status, fenced)
@@ -964,9 +1403,12 @@ class _Statements:
         return self._transitions[(to_status, fenced)]
 
     def _full(self, spec: schemas.TableSpec) -> str:
-        return {schemas.RUNS: self.runs, schemas.QUEUE: self.queue, schemas.SCHEDULES: self.schedules}[
-            spec.table
-        ]
+        return {
+            schemas.RUNS: self.runs,
+            schemas.QUEUE: self.queue,
+            schemas.SCHEDULES: self.schedules,
+            schemas.LEASES: self.leases,
+        }[spec.table]
 
     def merge(self, spec: schemas.TableSpec, key: str) -> str:
         columns = spec.field_names

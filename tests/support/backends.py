@@ -152,3 +152,7 @@ BACKENDS: dict[str, BackendFactory] = {
     "bigquery-emulator": bigquery_emulator,
     "bigquery-limits": bigquery_limits,
 }
+if os.environ.get("PIPESTATE_TEST_BIGQUERY_PROJECT"):  # opt-in, never in CI: tests/support/real_bigquery.py
+    from tests.support.real_bigquery import bigquery_real
+
+    BACKENDS["bigquery-real"] = bigquery_real

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from google.cloud import bigquery
 
 DEFAULT_PROJECT = "pipestate-test"
+DEFAULT_LOCATION = "US"
+"""The location the emulator's clients name (the adapter wants an explicit one)."""
 DEFAULT_STARTUP_TIMEOUT_S = 60.0
 
 _spatial_lock = threading.Lock()
@@ -243,17 +245,21 @@ class BigQueryEmulator:
     # -- clients -------------------------------------------------------------
 
     def client(self) -> bigquery.Client:
-        """A real ``google.cloud.bigquery.Client`` pointed at this emulator."""
+        """A real ``google.cloud.bigquery.Client`` pointed at this emulator. It checks every
+        statement the adapter sends against the ZetaSQL gate's catalogue
+        (:mod:`tests.support.bq_statements`)."""
         from google.api_core.client_options import ClientOptions
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import bigquery
+
+        from tests.support.bq_statements import RecordingClient
 
         if not self.endpoint:
             raise RuntimeError("emulator not started")
-        return bigquery.Client(
+        return RecordingClient(
             project=self.project,
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options=ClientOptions(api_endpoint=self.endpoint),
+            location=DEFAULT_LOCATION,
         )
 
     # -- context manager -------------------------------------------------

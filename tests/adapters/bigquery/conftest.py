@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,14 @@ from tests.adapters.bigquery.faults import ScriptedClient
 from tests.support.backends import unavailable
 from tests.support.bq_emulator import BigQueryEmulator, shared_client, shared_emulator
 
-FAST_RETRY_KW = {"max_attempts": 4, "initial_wait": 0.001, "max_wait": 0.005, "max_elapsed": 30.0}
+FAST_RETRY_KW: dict[str, Any] = {
+    "max_attempts": 4,
+    "initial_wait": 0.001,
+    "max_wait": 0.005,
+    "contention_wait": 0.001,
+    "max_contention_wait": 0.005,
+    "max_elapsed": 30.0,
+}
 
 
 @pytest.fixture(scope="session")

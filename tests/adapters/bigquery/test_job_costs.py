@@ -51,12 +51,16 @@ def _schedules(n: int) -> list[PipelineSchedule]:
     ]
 
 
-async def test_creating_1000_runs_in_one_batch_costs_one_job(
+async def test_creating_1000_runs_in_one_batch_costs_one_merge_under_the_writer_lease(
     storage: BigQueryStorage, client: ScriptedClient
 ) -> None:
     assert await storage.insert_runs(_runs(1000)) == 1000
 
-    assert client.count() == 1
+    assert [(j.operation, j.kind) for j in client.jobs] == [
+        ("writer_lease", "UPDATE"),
+        ("insert_runs", "MERGE"),
+        ("writer_lease", "UPDATE"),
+    ]
     assert await storage.count_runs_by_state() == {RunState.SCHEDULED: 1000}
 
 
@@ -122,7 +126,7 @@ async def test_a_tick_over_1000_due_schedules_costs_a_constant_number_of_jobs(
     storage: BigQueryStorage, client: ScriptedClient
 ) -> None:
     assert await storage.insert_schedules(_schedules(1000)) == 1000
-    assert client.count() == 1
+    assert client.count() == 3  # the MERGE and the writer lease's take and release
     client.reset()
 
     due = await storage.due_schedules(T0, limit=5000)
@@ -142,7 +146,8 @@ async def test_a_tick_over_1000_due_schedules_costs_a_constant_number_of_jobs(
     moved = await storage.update_runs([(r, 1) for r in updated])
 
     assert (len(due), applied, moved) == (1000, 1000, 1000)
-    assert client.count() == 4  # due_schedules, insert_runs, update_schedules, update_runs
+    # due_schedules, insert_runs (lease, MERGE, release), update_schedules, update_runs
+    assert client.count() == 6
     assert await storage.due_schedules(T0, limit=10) == []
 
 
@@ -162,10 +167,11 @@ async def test_every_job_is_labelled_capped_and_parameterized(
     await storage.insert_schedule(_schedules(1)[0])
     await storage.list_schedules(tenant_id="t", enabled=True)
 
-    assert client.count() == 10
+    assert client.count() == 16  # 10 + 2 writer-lease jobs around each of the 3 inserts
     for job in client.jobs:
         assert job.config.labels["app"] == "pipestate"
-        assert job.config.labels["operation"] == job.kwargs["job_id"].split("_", 1)[1].rsplit("_", 1)[0]
+        # pipestate_<operation>_<call>_<attempt>
+        assert job.config.labels["operation"] == job.kwargs["job_id"].split("_", 1)[1].rsplit("_", 2)[0]
         assert job.config.maximum_bytes_billed == DEFAULT_MAXIMUM_BYTES_BILLED
         assert job.config.use_legacy_sql is False
         assert "marker" not in job.sql  # values travel as parameters
@@ -179,6 +185,7 @@ async def test_every_job_is_labelled_capped_and_parameterized(
         "queue_stats",
         "insert_schedule",
         "list_schedules",
+        "writer_lease",
     }
 
 

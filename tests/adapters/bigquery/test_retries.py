@@ -10,18 +10,26 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exc
 
-from pipestate.adapters.bigquery import BigQueryStorage, is_transient
+from pipestate.adapters.bigquery import BigQueryStorage, RetrySettings, is_transient
+from pipestate.adapters.bigquery.errors import BytesBilledLimitExceeded
+from pipestate.adapters.bigquery.retry import ErrorClass, classify
 from pipestate.domain.errors import StorageError, StorageUnavailable
 from pipestate.domain.ports import RunFilter
 from pipestate.domain.queue import QueueItem, QueueStatus
 from pipestate.domain.run import PipelineRun, RunState
-from tests.adapters.bigquery.faults import ScriptedClient
+from tests.adapters.bigquery.faults import ScriptedClient, job_error
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SERIALIZE = "Could not serialize access to table p:d.x_meta_scheduled_runs due to concurrent update"
 ABORTED = "Transaction is aborted due to concurrent update against table p:d.x_meta_pipeline_queue"
 TOO_MANY_DML = "Resources exceeded during query execution: Too many DML statements outstanding against table"
+DML_QUEUE_QUOTA = (
+    "Quota exceeded: Your table exceeded quota for total number of dml jobs writing to a table, "
+    "pending + running"
+)
+BYTES_CAP = "Query exceeded limit for bytes billed: 1000. 10485760 or higher required."
 
 
 def _run(n: int = 0) -> PipelineRun:
@@ -69,6 +77,103 @@ async def _count_runs(storage: BigQueryStorage, run_id: str) -> int:
 )
 def test_transient_errors_are_told_from_permanent_ones(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "expected", "status"),
+    [
+        # The client maps bytesBilledLimitExceeded to a 500: only its reason says "permanent".
+        ("bytesBilledLimitExceeded", BYTES_CAP, ErrorClass.BYTE_CAP, 500),
+        ("quotaExceeded", DML_QUEUE_QUOTA, ErrorClass.CONTENTION, 403),
+        (
+            "quotaExceeded",
+            "Quota exceeded: Your project exceeded quota for free query bytes scanned",
+            ErrorClass.PERMANENT,
+            403,
+        ),
+        ("invalidQuery", SERIALIZE, ErrorClass.CONTENTION, 400),
+        ("resourcesExceeded", TOO_MANY_DML, ErrorClass.CONTENTION, 400),
+        (
+            "rateLimitExceeded",
+            "Exceeded rate limits: too many table update operations",
+            ErrorClass.TRANSIENT,
+            429,
+        ),
+        ("backendError", "Backend error", ErrorClass.TRANSIENT, 500),
+        ("internalError", "An internal error occurred", ErrorClass.TRANSIENT, 500),
+        ("stopped", "Job execution was cancelled: Job timed out after 5m", ErrorClass.TRANSIENT, 200),
+        ("invalidQuery", "Syntax error: Unexpected keyword AT at [1:9]", ErrorClass.PERMANENT, 400),
+        ("notFound", "Not found: Table p:d.t", ErrorClass.PERMANENT, 404),
+        ("accessDenied", "Access Denied: Table p:d.t", ErrorClass.PERMANENT, 403),
+    ],
+)
+def test_job_errors_are_classified_by_reason_first(
+    reason: str, message: str, expected: ErrorClass, status: int
+) -> None:
+    error = job_error(reason, message)  # built by google-cloud-bigquery from a DONE job's errorResult
+
+    assert error.code == status
+    assert classify(error) is expected
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (auth_exc.TransportError("connection reset while refreshing"), ErrorClass.TRANSIENT),
+        (auth_exc.RefreshError("temporarily unavailable", retryable=True), ErrorClass.TRANSIENT),
+        (auth_exc.RefreshError("invalid_grant: account disabled"), ErrorClass.PERMANENT),
+        (auth_exc.DefaultCredentialsError("no credentials"), ErrorClass.PERMANENT),
+    ],
+)
+def test_google_auth_errors_are_typed_and_retried_when_transient(
+    error: BaseException, expected: ErrorClass
+) -> None:
+    assert classify(error) is expected
+
+
+async def test_a_byte_cap_hit_is_permanent_loud_and_not_retried(
+    storage: BigQueryStorage, client: ScriptedClient
+) -> None:
+    client.fail(job_error("bytesBilledLimitExceeded", BYTES_CAP), operation="find_runs", times=5)
+
+    with pytest.raises(BytesBilledLimitExceeded) as caught:
+        await storage.find_runs(RunFilter())
+
+    assert not isinstance(caught.value, StorageUnavailable)
+    assert client.count("find_runs") == 1
+    assert "maximum_bytes_billed" in str(caught.value)
+    assert caught.value.extra["reasons"] == ["bytesBilledLimitExceeded"]
+
+
+def _first_wait(settings: RetrySettings, error: BaseException) -> float:
+    waits: list[float] = []
+
+    def fail() -> None:
+        raise error
+
+    retrying = settings.retrying(lambda state: waits.append(state.upcoming_sleep))
+    retrying.sleep = lambda _seconds: None
+    with pytest.raises(type(error)):
+        retrying(fail)
+    return min(waits)
+
+
+def test_contention_waits_long_and_other_transient_errors_short() -> None:
+    settings = RetrySettings(max_attempts=4, initial_wait=0.5, max_wait=1.0, contention_wait=5.0)
+
+    assert _first_wait(settings, job_error("quotaExceeded", DML_QUEUE_QUOTA)) >= 5.0
+    assert _first_wait(settings, gexc.BadRequest(SERIALIZE)) >= 5.0
+    assert _first_wait(settings, job_error("backendError", "Backend error")) <= 1.0
+
+
+async def test_a_full_dml_queue_is_retried_until_the_statement_runs(
+    storage: BigQueryStorage, client: ScriptedClient
+) -> None:
+    client.fail(job_error("quotaExceeded", DML_QUEUE_QUOTA), operation="insert_runs", times=2)
+
+    assert await storage.insert_runs([_run()]) == 1
+
+    assert client.count("insert_runs", "MERGE") == 3
 
 
 # --------------------------------------------------------------------------- retried, then success
@@ -137,8 +242,10 @@ async def test_update_whose_response_was_lost_reads_back_and_reports_success(
     assert await storage.update_run(updated, expected_version=1) is True
 
     assert await storage.get_run(run.run_id) == updated
-    assert client.count("update_run", "UPDATE") == 2  # the applied one, the retry that found 0 rows
-    assert client.count("update_run", "SELECT") == 1  # the read-back
+    # jobs.insert failed with a 503 after BigQuery created the job: the adapter looked the job
+    # up by its deterministic id and took its result; no second job, no read-back.
+    assert client.count("update_run", "UPDATE") == 1
+    assert client.count("update_run", "SELECT") == 0
 
 
 async def test_stale_update_after_a_retry_is_still_a_lost_race(
@@ -175,7 +282,7 @@ async def test_batch_update_whose_response_was_lost_counts_what_is_stored(
     stored = {r.run_id: r for r in await storage.get_runs([r.run_id for r in runs])}
     assert [stored[r.run_id].state for r in runs] == [RunState.PENDING] * 3 + [RunState.SCHEDULED]
     assert [stored[r.run_id].version for r in runs] == [2, 2, 2, 1]
-    assert client.count("update_runs", "SELECT") == 1  # the read-back of the retried statement
+    assert client.count("update_runs") == 1  # the job was found by its id, not submitted again
 
 
 async def test_claim_whose_response_was_lost_does_not_claim_a_second_batch(
@@ -193,7 +300,7 @@ async def test_claim_whose_response_was_lost_does_not_claim_a_second_batch(
     assert [i.queue_id for i in claimed] == ["q0000", "q0001", "q0002"]
     assert all(i.attempts == 1 and i.version == 2 for i in claimed)
     assert await storage.count_queue_items(QueueStatus.PROCESSING) == 3
-    assert client.count("claim_queue_items") == 3  # UPDATE applied, UPDATE no-op retry, SELECT
+    assert client.count("claim_queue_items") == 2  # the UPDATE (found by its id), the SELECT
 
 
 async def test_transition_whose_response_was_lost_reports_success(
@@ -256,7 +363,7 @@ async def test_permission_error_is_not_retried(storage: BigQueryStorage, client:
 
     assert not isinstance(caught.value, StorageUnavailable)
     assert client.count() == 1
-    assert caught.value.extra["statement"] == "MERGE"
+    assert caught.value.extra["statement"] == "UPDATE"  # taking the writer lease, before the MERGE
 
 
 async def test_missing_table_is_a_storage_error_from_the_emulator(client: ScriptedClient) -> None:
@@ -290,3 +397,26 @@ async def test_only_one_layer_retries(storage: BigQueryStorage, client: Scripted
 
     [job] = client.jobs
     assert job.kwargs["job_retry"] is None and job.kwargs["retry"] is None
+
+
+async def test_a_token_refresh_that_fails_in_transit_is_retried(
+    storage: BigQueryStorage, client: ScriptedClient
+) -> None:
+    client.fail(auth_exc.TransportError("connection reset while refreshing the token"), operation="get_run")
+
+    assert await storage.get_run("r") is None
+
+    assert client.count("get_run") == 2
+
+
+async def test_revoked_credentials_are_a_typed_permanent_error(
+    storage: BigQueryStorage, client: ScriptedClient
+) -> None:
+    client.fail(auth_exc.RefreshError("invalid_grant: Token has been expired or revoked."), times=5)
+
+    with pytest.raises(StorageError, match="invalid_grant") as caught:
+        await storage.get_run("r")
+
+    assert not isinstance(caught.value, StorageUnavailable)
+    assert isinstance(caught.value.__cause__, auth_exc.RefreshError)
+    assert client.count() == 1
