@@ -96,6 +96,7 @@ class WebhookNotifier:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:
                 response.read()
         except urllib.error.HTTPError as exc:
+            exc.close()  # the error carries the open response
             message = f"webhook {self._shown} answered {exc.code}"
             if exc.code == 429 or exc.code >= 500:
                 raise _Retryable(message) from None

@@ -173,7 +173,7 @@ class Monitor:
             return []
         active = await self._storage.find_runs(
             RunFilter(
-                states=[RunState.SCHEDULED, RunState.PENDING, RunState.RUNNING, RunState.FAILED],
+                states=[RunState.SCHEDULED, RunState.PENDING, RunState.RUNNING],
                 scheduled_before=now,
             ),
             order=RunOrder.SCHEDULED_ASC,

@@ -100,7 +100,7 @@ async def build_overview(
         counts.setdefault(schedule.tenant_id, {})
     active = await storage.find_runs(
         RunFilter(
-            states=[RunState.SCHEDULED, RunState.PENDING, RunState.RUNNING, RunState.FAILED],
+            states=[RunState.SCHEDULED, RunState.PENDING, RunState.RUNNING],
             tenant_id=tenant,
             scheduled_before=now,
         ),
