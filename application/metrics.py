@@ -112,6 +112,7 @@ class PipestateMetrics:
         self.registry: CollectorRegistry = registry if registry is not None else prom.CollectorRegistry()
         self._cache = _Cache()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._http: Any = None
         r = self.registry
         self.handler_seconds = prom.Histogram(
             "pipestate_handler_duration_seconds",
@@ -224,7 +225,17 @@ class PipestateMetrics:
 
         Call :meth:`refresh` once on the event loop first: scrapes refresh on that loop.
         """
-        return prometheus().start_http_server(port, addr=addr, registry=self.registry)
+        self._http = prometheus().start_http_server(port, addr=addr, registry=self.registry)
+        return self._http
+
+    def close(self) -> None:
+        """Stop the HTTP server :meth:`serve_http` started, if any."""
+        http, self._http = self._http, None
+        if isinstance(http, tuple):  # prometheus-client >= 0.17 returns (server, thread)
+            server, thread = http
+            server.shutdown()
+            server.server_close()
+            thread.join()
 
     # ------------------------------------------------------------------ observations
     def instrument(self, handler: Callable[..., Any]) -> Callable[[PipelineRun | None, dict[str, Any]], Any]:
