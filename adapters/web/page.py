@@ -128,13 +128,14 @@ def layout(title: str, body: str, *, principal: Principal, refresh: int, label: 
             'placeholder="access token" aria-label="access token" autocomplete="current-password">'
             '<button type="submit">Sign in</button></form>'
         )
+    every = f"refreshes every {refresh}s" if refresh > 0 else "auto-refresh off"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)}</title><style>{_CSS}</style></head>
 <body data-refresh="{refresh}">
 <header><div><h1><a href="/">pipestate</a></h1>
-<div class="meta">{_e(label)} · {fmt_time(now)} UTC · refreshes every {refresh}s</div></div>{account}</header>
+<div class="meta">{_e(label)} · {fmt_time(now)} UTC · {every}</div></div>{account}</header>
 <main>{body}</main><script>{_JS}</script></body></html>"""
 
 
@@ -213,27 +214,27 @@ def status_page(
             _card("failed", totals[RunState.FAILED], "total-failed", bad=totals[RunState.FAILED] > 0),
         ]
     )
-    head = "".join(f'<th class="num">{s.value[:4]}</th>' for s in _STATES)
+    head = "".join(f'<th class="num">{s.value.lower()}</th>' for s in _STATES)
     tenant_rows = []
-    for t in overview.tenants:
+    for t in overview.tenants:  # the columns a phone shows first: the ones that need action
         tid = _e(t.tenant_id)
         cells = "".join(f'<td class="num" data-testid="t-{tid}-{s.value}">{t.count(s)}</td>' for s in _STATES)
         rate = "-" if t.success_rate is None else f"{t.success_rate:.0%}"
         tenant_rows.append(
             f'<tr><td><a href="/?{urlencode({"tenant": t.tenant_id})}">{tid}</a></td>'
-            f'<td class="num">{t.schedules}{f" ({t.paused} paused)" if t.paused else ""}</td>'
-            f'<td class="num" data-testid="t-{tid}-total">{t.total}</td>{cells}'
-            f'<td class="num" data-testid="t-{tid}-success">{rate}</td>'
             f'<td class="num{" bad" if t.late else ""}" data-testid="t-{tid}-late">{t.late}</td>'
             f'<td class="num{" bad" if t.stuck else ""}" data-testid="t-{tid}-stuck">{t.stuck}</td>'
+            f'<td class="num" data-testid="t-{tid}-success">{rate}</td>'
+            f'<td class="num" data-testid="t-{tid}-oldest">{fmt_age(t.oldest_waiting_seconds)}</td>'
             f'<td class="num" data-testid="t-{tid}-sla">{t.sla_misses}</td>'
-            f'<td class="num">{fmt_age(t.oldest_waiting_seconds)}</td></tr>'
+            f'<td class="num" data-testid="t-{tid}-total">{t.total}</td>{cells}'
+            f'<td class="num">{t.schedules}{f" ({t.paused} paused)" if t.paused else ""}</td></tr>'
         )
     tenants = (
         '<section><h2>Tenants</h2><div class="scroll"><table><thead><tr><th>tenant</th>'
-        '<th class="num">sched</th>'
-        f'<th class="num">runs</th>{head}<th class="num">success</th><th class="num">late</th>'
-        '<th class="num">stuck</th><th class="num">sla</th><th class="num">oldest wait</th></tr></thead>'
+        '<th class="num">late</th><th class="num">stuck</th><th class="num">success</th>'
+        '<th class="num">oldest wait</th><th class="num">sla missed</th>'
+        f'<th class="num">runs</th>{head}<th class="num">schedules</th></tr></thead>'
         f"<tbody>{''.join(tenant_rows) or '<tr><td class=muted colspan=15>no tenants</td></tr>'}</tbody>"
         "</table></div>"
         + (

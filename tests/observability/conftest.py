@@ -70,7 +70,9 @@ def make_run(
     tenant: str, config: str, slot: datetime, state: RunState, now: datetime, *, priority: int = 5
 ) -> PipelineRun:
     """A run brought to ``state`` through the lifecycle (a final failure for FAILED)."""
-    run = PipelineRun.new(tenant_id=tenant, config_id=config, scheduled_time=slot, now=slot, priority=priority)
+    run = PipelineRun.new(
+        tenant_id=tenant, config_id=config, scheduled_time=slot, now=slot, priority=priority
+    )
     if state is RunState.SCHEDULED:
         return run
     run.make_pending(max(slot, now - timedelta(hours=3)))
@@ -80,11 +82,15 @@ def make_run(
         run.cancel(now, reason="test")
         return run
     started = slot + timedelta(seconds=30)
-    run.start(started, worker_id="w1", claim_token=f"t-{run.run_id}", lease_expires_at=now + timedelta(minutes=5))
+    run.start(
+        started, worker_id="w1", claim_token=f"t-{run.run_id}", lease_expires_at=now + timedelta(minutes=5)
+    )
     if state is RunState.COMPLETED:
         run.complete(started + timedelta(seconds=60))
     elif state is RunState.FAILED:
-        run.fail(started + timedelta(seconds=10), error_message="boom", error_type="SchemaError", retryable=False)
+        run.fail(
+            started + timedelta(seconds=10), error_message="boom", error_type="SchemaError", retryable=False
+        )
     return run
 
 
@@ -94,7 +100,9 @@ class Population:
 
     def count(self, tenant: str | None = None, state: RunState | None = None) -> int:
         return sum(
-            1 for r in self.runs if (tenant is None or r.tenant_id == tenant) and (state is None or r.state is state)
+            1
+            for r in self.runs
+            if (tenant is None or r.tenant_id == tenant) and (state is None or r.state is state)
         )
 
     def first(self, tenant: str, state: RunState) -> PipelineRun:

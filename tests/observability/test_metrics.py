@@ -68,9 +68,7 @@ async def test_store_gauges_match_the_store_in_constant_statements_and_are_cache
         body, content_type = await metrics.exposition()
     values = samples(body.decode())
     assert content_type.startswith("text/plain")
-    expected = {
-        (r.tenant_id, r.state.value): population.count(r.tenant_id, r.state) for r in population.runs
-    }
+    expected = {(r.tenant_id, r.state.value): population.count(r.tenant_id, r.state) for r in population.runs}
     assert runs_gauge(values) == expected
     assert values[("pipestate_queue_items", (("status", "QUEUED"),))] == 3
     assert values[("pipestate_queue_waiting", (("priority", "2"),))] == 1
@@ -154,7 +152,11 @@ async def test_storage_errors_are_counted_by_kind(sql_target: SqlTarget, clock: 
     await broken.close()
     assert counted.capabilities == storage.capabilities  # non-async attributes pass through
     values = samples((await metrics.exposition())[0].decode())
-    kinds = {dict(labels)["kind"]: v for (name, labels), v in values.items() if name == "pipestate_storage_errors_total"}
+    kinds = {
+        dict(labels)["kind"]: v
+        for (name, labels), v in values.items()
+        if name == "pipestate_storage_errors_total"
+    }
     assert sum(kinds.values()) >= 1 and set(kinds) <= {"StorageError", "StorageUnavailable"}
 
 

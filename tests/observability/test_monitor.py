@@ -18,7 +18,7 @@ from pipestate.application.schedule_manager import ScheduleManager
 from pipestate.domain.alerts import Alert, AlertKind, MonitorSettings
 from pipestate.domain.clock import FrozenClock
 from pipestate.domain.run import RunState
-from tests.observability.conftest import T0, SqlTarget, make_run, populate
+from tests.observability.conftest import T0, Population, SqlTarget, make_run, populate
 from tests.observability.webhook_server import webhook_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +111,9 @@ async def test_a_failing_hook_does_not_stop_delivery_and_is_recorded(
     assert stored.delivery_error is not None and "hook is down" in stored.delivery_error
 
 
-async def test_stuck_sla_and_failure_streak_with_auto_pause(sql_target: SqlTarget, clock: FrozenClock) -> None:
+async def test_stuck_sla_and_failure_streak_with_auto_pause(
+    sql_target: SqlTarget, clock: FrozenClock
+) -> None:
     storage, alerts = await sql_target.open()
     now = clock.now()
     population = await populate(storage, now)
@@ -155,18 +157,25 @@ def _env() -> dict[str, str]:
     return env
 
 
-async def test_pipestate_alerts_two_concurrent_checks_deliver_once_and_list_it(tmp_path: Path) -> None:
-    target = SqlTarget(f"sqlite:///{tmp_path / 'p.db'}", {})
+async def _populated(db: str) -> Population:
+    target = SqlTarget(db, {})
     try:
         storage, _ = await target.open()
-        population = await populate(storage, T0)
+        return await populate(storage, T0)
     finally:
         for opened in target.opened:
             await opened.close()
-    db = target.url
+
+
+def test_pipestate_alerts_two_concurrent_checks_deliver_once_and_list_it(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    population = asyncio.run(_populated(db))
     env = _env()
     done = subprocess.run(
-        _cli(db, "alerts", "set", "acme", "orders", "--max-delay", "600"), env=env, capture_output=True, text=True
+        _cli(db, "alerts", "set", "acme", "orders", "--max-delay", "600"),
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     now = (T0 + timedelta(minutes=1)).isoformat()

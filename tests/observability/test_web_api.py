@@ -92,7 +92,9 @@ async def test_runs_filter_and_page(api: Api) -> None:
         r.run_id for r in api.population.runs if r.state is RunState.PENDING
     )
     first = (await api.client.get("/api/runs", params={"tenant": "acme", "limit": 3})).json()["runs"]
-    rest = (await api.client.get("/api/runs", params={"tenant": "acme", "limit": 50, "offset": 3})).json()["runs"]
+    rest = (await api.client.get("/api/runs", params={"tenant": "acme", "limit": 50, "offset": 3})).json()[
+        "runs"
+    ]
     ids = [r["run_id"] for r in first + rest]
     assert len(first) == 3 and len(ids) == len(set(ids)) == api.population.count("acme")
     assert all("claim_token" not in r for r in first + rest)
@@ -119,7 +121,11 @@ async def test_queue_schedules_alerts_and_openapi(api: Api) -> None:
     ]
     assert (await api.client.get("/api/alerts")).json() == {"alerts": [], "monitored": True}
     spec = (await api.client.get("/openapi.json")).json()
-    for path in ("/api/runs/{run_id}/cancel", "/api/schedules/{tenant_id}/{config_id}/trigger", "/api/tenants"):
+    for path in (
+        "/api/runs/{run_id}/cancel",
+        "/api/schedules/{tenant_id}/{config_id}/trigger",
+        "/api/tenants",
+    ):
         assert path in spec["paths"]
 
 
@@ -155,7 +161,10 @@ async def test_another_tenants_token_gets_404_on_read_and_control_and_changes_no
     assert [t["tenant_id"] for t in tenants] == ["globex"]
     runs = (await api.client.get("/api/runs", headers=globex)).json()["runs"]
     assert {r["tenant_id"] for r in runs} == {"globex"} and len(runs) == api.population.count("globex")
-    assert (await api.client.get("/api/queue", headers=globex)).json() == {"tenant_id": "globex", "waiting": 1}
+    assert (await api.client.get("/api/queue", headers=globex)).json() == {
+        "tenant_id": "globex",
+        "waiting": 1,
+    }
     assert (await api.client.get("/metrics", headers=globex)).status_code == 404
 
 
@@ -182,7 +191,9 @@ async def test_control_with_the_tenants_token(api: Api) -> None:
 
 async def test_retry_puts_a_retryable_failure_back_in_the_queue(api: Api) -> None:
     now = api.clock.now()
-    run = PipelineRun.new(tenant_id="globex", config_id="sync", scheduled_time=now - timedelta(hours=9), now=now)
+    run = PipelineRun.new(
+        tenant_id="globex", config_id="sync", scheduled_time=now - timedelta(hours=9), now=now
+    )
     run.make_pending(now)
     run.start(now, worker_id="w", claim_token="tok", lease_expires_at=now + timedelta(minutes=5))
     run.fail(now, error_message="flaky", error_type="TransientError")
