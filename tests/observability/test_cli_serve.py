@@ -1,0 +1,144 @@
+"""``pipestate demo`` points at the status page and ``pipestate serve`` serves the demo's database;
+entry-point alert hooks; a store without the monitor table still gets a page."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipestate.adapters.web.app import WebConfig, create_app
+from pipestate.application.monitor import ENTRY_POINT_GROUP, Monitor, entry_point_hooks
+from pipestate.domain.alerts import MonitorSettings
+from pipestate.domain.clock import FrozenClock
+from tests.observability.conftest import SqlTarget, populate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        exc.close()
+        return exc.code, body
+
+
+def test_the_demo_ends_with_the_serve_command_and_serve_serves_its_database(tmp_path: Path) -> None:
+    pipestate = [sys.executable, "-m", "pipestate"]
+    demo = subprocess.run(
+        [*pipestate, "demo", "--file", "demo.db"], cwd=tmp_path, env=_env(), capture_output=True, text=True
+    )
+    assert demo.returncode == 0, demo.stderr
+    last = demo.stdout.strip().splitlines()[-1]
+    assert last.startswith("status page: pipestate serve --db sqlite:///") and "demo.db" in last
+    db = last.split("--db ", 1)[1].split()[0]
+    port = _free_port()
+    server = subprocess.Popen(
+        [*pipestate, "serve", "--db", db, "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/api/tenants")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.communicate()
+                time.sleep(0.1)
+        assert status == 200
+        assert [t["tenant_id"] for t in json.loads(body)["tenants"]] == ["acme", "globex", "initech"]
+        page_status, page = _get(f"http://127.0.0.1:{port}/")
+        assert page_status == 200 and 'data-testid="t-initech-total"' in page
+        denied, _ = _get_post(f"http://127.0.0.1:{port}/api/schedules/acme/orders-ingest/pause")
+        assert denied == 401  # no tokens configured: control is off
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=15)
+    assert f"on http://127.0.0.1:{port}/ (read-only (no tokens))" in err
+
+
+def _get_post(url: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        exc.close()
+        return exc.code, body
+
+
+def test_serve_refuses_auth_all_without_tokens(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipestate", "--db", f"sqlite:///{tmp_path / 'x.db'}", "serve", "--auth-all"],
+        env={k: v for k, v in _env().items() if k != "PIPESTATE_WEB_TOKENS"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--auth-all" in done.stderr
+
+
+async def test_hooks_published_as_entry_points_receive_alerts(
+    sql_target: SqlTarget, clock: FrozenClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ps_test_hooks.py").write_text("SEEN = []\n\ndef hook(alert):\n    SEEN.append(alert.key)\n")
+    dist = tmp_path / "ps_test_hooks-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ps-test-hooks\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nrecord = ps_test_hooks:hook\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ps_test_hooks", raising=False)  # a fresh module per backend
+    assert [h.__name__ for h in entry_point_hooks()] == ["hook"]
+    storage, alerts = await sql_target.open()
+    await populate(storage, clock.now())
+    await alerts.put_settings(MonitorSettings("acme", "orders", max_delay_seconds=60))
+    report = await Monitor(storage, alerts, clock=clock).check()
+    import ps_test_hooks  # type: ignore[import-not-found]
+
+    assert [a.key for a in report.new] == ps_test_hooks.SEEN and len(report.new) == 1
+
+
+async def test_a_store_without_the_monitor_table_still_gets_the_page(
+    sql_target: SqlTarget, clock: FrozenClock
+) -> None:
+    storage, _ = await sql_target.open()
+    await populate(storage, clock.now())
+    app = create_app(WebConfig(storage, None, clock=clock))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        body = (await client.get("/api/tenants")).json()
+        assert body["monitored"] is False and [t["total"] for t in body["tenants"]] == [8, 4]
+        assert (await client.get("/api/alerts")).json() == {"alerts": [], "monitored": False}
+        assert "late/stuck need the monitor table" in (await client.get("/")).text
+        assert (await client.get("/metrics")).status_code == 404  # no metrics configured
