@@ -16,6 +16,7 @@ from typing import Final
 from pipestate.domain.alerts import (
     AlertKind,
     MonitorStore,
+    RunStatsRepository,
     SettingsIndex,
     detect_late,
     detect_sla_misses,
@@ -82,11 +83,14 @@ async def build_overview(
     *,
     tenant: str | None = None,
     limit: int = DEFAULT_LIMIT,
+    stats: RunStatsRepository | None = None,
 ) -> Overview:
-    """Every tenant (or one) at ``now``."""
+    """Every tenant (or one) at ``now``. ``stats`` (default: ``store``) gives the grouped counts;
+    without either, one ``count_runs_by_state`` per tenant is read instead."""
     schedules = await storage.list_schedules(tenant_id=tenant)
-    if store is not None:
-        grouped = await store.count_runs_by_tenant_and_state()
+    stats = stats if stats is not None else store
+    if stats is not None:
+        grouped = await stats.count_runs_by_tenant_and_state()
     else:
         names = {s.tenant_id for s in schedules} if tenant is None else {tenant}
         grouped = {}

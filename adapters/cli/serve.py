@@ -19,7 +19,7 @@ from pipestate.adapters.sqlalchemy.alerts import SqlAlertStore
 from pipestate.adapters.webhook import WebhookNotifier
 from pipestate.application.metrics import PipestateMetrics
 from pipestate.application.monitor import Monitor
-from pipestate.domain.alerts import ANY, AlertKind, MonitorSettings, MonitorStore
+from pipestate.domain.alerts import ANY, AlertKind, MonitorSettings, MonitorStore, RunStatsRepository
 from pipestate.domain.errors import InvalidArgument, StorageError
 from pipestate.domain.ports import Storage
 
@@ -73,6 +73,19 @@ def monitor_store_for(storage: Storage) -> MonitorStore | None:
     return SqlAlertStore(engine) if isinstance(engine, sa.engine.Engine) else None
 
 
+def stats_for(storage: Storage) -> RunStatsRepository | None:
+    """The one-statement/one-job grouped run count for ``storage`` (SQL or BigQuery), if any."""
+    store = monitor_store_for(storage)
+    if store is not None:
+        return store
+    try:
+        from pipestate.adapters.bigquery import BigQueryStorage
+        from pipestate.adapters.bigquery.stats import BigQueryRunStats
+    except ImportError:
+        return None
+    return BigQueryRunStats(storage) if isinstance(storage, BigQueryStorage) else None
+
+
 def _require_store(storage: Storage) -> MonitorStore:
     store = monitor_store_for(storage)
     if store is None:
@@ -113,7 +126,8 @@ async def _serve(args: argparse.Namespace, storage: Storage, describe: str) -> i
     store = monitor_store_for(storage)
     if store is not None:
         await store.create_alert_schema()
-    metrics = PipestateMetrics(storage, store, min_interval=args.metrics_interval)
+    stats = stats_for(storage)
+    metrics = PipestateMetrics(storage, stats, min_interval=args.metrics_interval)
     app = create_app(
         WebConfig(
             storage,
@@ -121,6 +135,7 @@ async def _serve(args: argparse.Namespace, storage: Storage, describe: str) -> i
             tokens=tokens,
             auth_all=args.auth_all,
             metrics=metrics,
+            stats=stats,
             refresh_seconds=max(args.refresh, 0),
             label=describe,
         )
@@ -262,7 +277,7 @@ async def start_worker_metrics(storage: Storage, port: int) -> PipestateMetrics:
     """Serve the worker's /metrics on 127.0.0.1:``port`` (scrapes refresh on this event loop)."""
     if not 0 < port <= 65535:
         raise InvalidArgument("--metrics-port", port, "must be 1..65535")
-    metrics = PipestateMetrics(storage, monitor_store_for(storage))
+    metrics = PipestateMetrics(storage, stats_for(storage))
     await metrics.refresh()
     metrics.serve_http(port)
     print(f"metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)

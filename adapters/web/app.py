@@ -24,7 +24,7 @@ from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.application.control import Control
 from pipestate.application.metrics import PipestateMetrics
 from pipestate.application.overview import Overview, build_overview
-from pipestate.domain.alerts import AlertKind, MonitorStore
+from pipestate.domain.alerts import AlertKind, MonitorStore, RunStatsRepository
 from pipestate.domain.clock import Clock
 from pipestate.domain.errors import (
     ConcurrencyConflict,
@@ -56,6 +56,7 @@ class WebConfig:
         tokens: TokenSet | None = None,
         auth_all: bool = False,
         metrics: PipestateMetrics | None = None,
+        stats: RunStatsRepository | None = None,
         refresh_seconds: int = 10,
         label: str = "",
         clock: Clock | None = None,
@@ -65,6 +66,7 @@ class WebConfig:
         self.tokens = tokens or TokenSet()
         self.auth_all = auth_all
         self.metrics = metrics
+        self.stats = stats
         self.refresh_seconds = refresh_seconds
         self.label = label
         self.clock = clock or SYSTEM_CLOCK
@@ -172,7 +174,11 @@ def create_app(config: WebConfig) -> FastAPI:
     # ------------------------------------------------------------------ reads
     async def overview_for(who: Principal, tenant: str | None) -> Overview:
         return await build_overview(
-            storage, config.monitor_store, config.clock.now(), tenant=scoped_tenant(who, tenant)
+            storage,
+            config.monitor_store,
+            config.clock.now(),
+            tenant=scoped_tenant(who, tenant),
+            stats=config.stats,
         )
 
     async def find(

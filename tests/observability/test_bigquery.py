@@ -1,0 +1,93 @@
+"""BigQuery (on the emulator): the store gauges cost 3 jobs per refresh and none inside the cache
+interval; the page reads grouped counts in one job; the monitor is declared unavailable."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from google.api_core import exceptions as gexc
+
+from pipestate.adapters.bigquery import BigQueryStorage, RetrySettings
+from pipestate.adapters.bigquery.stats import OPERATION, BigQueryRunStats
+from pipestate.adapters.cli.serve import monitor_store_for, stats_for
+from pipestate.adapters.web.app import WebConfig, create_app
+from pipestate.application.metrics import PipestateMetrics
+from pipestate.domain.clock import FrozenClock
+from pipestate.domain.errors import StorageUnavailable
+from pipestate.domain.run import RunState
+from tests.adapters.bigquery.faults import ScriptedClient
+from tests.observability.conftest import Population, populate
+from tests.support.backends import unavailable
+from tests.support.bq_emulator import shared_client, shared_emulator
+
+
+@pytest.fixture
+async def bq(clock: FrozenClock) -> AsyncIterator[tuple[BigQueryStorage, ScriptedClient, Population]]:
+    try:
+        shared_emulator()
+    except RuntimeError as error:
+        unavailable(f"BigQuery emulator: {error}")
+    client = ScriptedClient(shared_client())
+    retry = RetrySettings(max_attempts=4, initial_wait=0.001, max_wait=0.005, max_elapsed=30.0)
+    storage = BigQueryStorage(client, f"pst_{uuid.uuid4().hex[:16]}", retry=retry)  # type: ignore[arg-type]
+    await storage.create_schema()
+    try:
+        population = await populate(storage, clock.now())
+        client.reset()
+        yield storage, client, population
+    finally:
+        await storage.close()
+        client.real.delete_dataset(storage.dataset_id, delete_contents=True, not_found_ok=True)
+
+
+async def test_a_metrics_refresh_costs_three_jobs_and_the_cache_none(
+    bq: tuple[BigQueryStorage, ScriptedClient, Population], clock: FrozenClock
+) -> None:
+    storage, client, population = bq
+    stats = stats_for(storage)
+    assert isinstance(stats, BigQueryRunStats) and monitor_store_for(storage) is None
+    metrics = PipestateMetrics(storage, stats, clock=clock, min_interval=3600)
+    snapshot = await metrics.refresh()
+    assert client.count() == 3 == snapshot.port_calls
+    assert client.count(operation=OPERATION) == 1
+    job = next(j for j in client.jobs if j.operation == OPERATION)
+    assert job.config.labels["app"] == "pipestate" and job.config.maximum_bytes_billed
+    assert {(t, s.value): n for (t, s), n in snapshot.runs.items()} == {
+        (r.tenant_id, r.state.value): population.count(r.tenant_id, r.state) for r in population.runs
+    }
+    await metrics.exposition()
+    assert client.count() == 3  # inside min_interval: no job
+
+
+async def test_grouped_counts_retry_transient_errors(
+    bq: tuple[BigQueryStorage, ScriptedClient, Population],
+) -> None:
+    storage, client, population = bq
+    client.fail(gexc.ServiceUnavailable("try later"), operation=OPERATION)
+    counts = await BigQueryRunStats(storage).count_runs_by_tenant_and_state()
+    assert sum(counts.values()) == len(population.runs) and client.count(operation=OPERATION) == 2
+    ids = [j.kwargs["job_id"] for j in client.jobs]
+    assert len(set(ids)) == 2  # a new job id per attempt
+    client.fail(gexc.ServiceUnavailable("down"), operation=OPERATION, times=10)
+    with pytest.raises(StorageUnavailable):
+        await BigQueryRunStats(storage, attempts=2).count_runs_by_tenant_and_state()
+
+
+async def test_the_page_api_on_bigquery(
+    bq: tuple[BigQueryStorage, ScriptedClient, Population], clock: FrozenClock
+) -> None:
+    storage, client, population = bq
+    config = WebConfig(storage, None, stats=stats_for(storage), clock=clock)
+    transport = httpx.ASGITransport(app=create_app(config))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+        body = (await http.get("/api/tenants")).json()
+    assert body["monitored"] is False
+    assert [(t["tenant_id"], t["counts"]["PENDING"]) for t in body["tenants"]] == [
+        ("acme", population.count("acme", RunState.PENDING)),
+        ("globex", population.count("globex", RunState.PENDING)),
+    ]
+    # schedules 1 + grouped counts 1 + due active runs 1 + queue statistics 1, whatever the tenants
+    assert client.count() == 4
