@@ -3,6 +3,7 @@ entry-point alert hooks; a store without the monitor table still gets a page."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -16,11 +17,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
+from pipestate.adapters.sqlalchemy.alerts import SqlAlertStore
 from pipestate.adapters.web.app import WebConfig, create_app
+from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.application.monitor import ENTRY_POINT_GROUP, Monitor, entry_point_hooks
 from pipestate.domain.alerts import MonitorSettings
 from pipestate.domain.clock import FrozenClock
+from pipestate.domain.run import RunState
 from tests.observability.conftest import SqlTarget, populate
+from tests.observability.webhook_server import webhook_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,3 +148,47 @@ async def test_a_store_without_the_monitor_table_still_gets_the_page(
         assert (await client.get("/api/alerts")).json() == {"alerts": [], "monitored": False}
         assert "late/stuck need the monitor table" in (await client.get("/")).text
         assert (await client.get("/metrics")).status_code == 404  # no metrics configured
+
+
+async def _late_run_store(db: str) -> str:
+    storage = SqlAlchemyStorage.from_url(db)
+    try:
+        await storage.create_schema()
+        population = await populate(storage, SYSTEM_CLOCK.now())
+        alerts = SqlAlertStore(storage.engine)
+        await alerts.create_alert_schema()
+        await alerts.put_settings(MonitorSettings("acme", "orders", max_delay_seconds=600))
+        return population.first("acme", RunState.PENDING).run_id
+    finally:
+        await storage.close()
+
+
+def test_two_serve_processes_monitoring_one_store_deliver_the_late_alert_once(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    late_run = asyncio.run(_late_run_store(db))
+    with webhook_server() as receiver:
+        serve = [sys.executable, "-m", "pipestate", "--db", db, "serve", "--monitor-interval", "0.2"]
+        servers = [
+            subprocess.Popen(
+                [*serve, "--port", str(_free_port()), "--webhook", receiver.url],
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not receiver.bodies:
+                time.sleep(0.1)
+            rounds = time.monotonic() + 2.0  # about ten more checks by each server
+            while time.monotonic() < rounds:
+                assert all(s.poll() is None for s in servers)
+                time.sleep(0.1)
+        finally:
+            for server in servers:
+                server.terminate()
+            errors = [s.communicate(timeout=15)[1] for s in servers]
+    assert [b["run_id"] for b in receiver.bodies] == [late_run], errors
+    assert all("secret-part" not in e for e in errors)
