@@ -133,7 +133,8 @@ class PipestateMetrics:
         self.retries = prom.Counter("pipestate_retries", "Failed runs put back for a retry.", registry=r)
         self.leases_lost = prom.Counter(
             "pipestate_lease_expiries",
-            "Leases that expired: runs taken back by recovery, and results a worker dropped.",
+            "Leases that expired: runs recovery took back (recovery), and results a worker dropped"
+            " because its run changed under its claim (worker: an expired lease, or a cancel).",
             ["observed_by"],
             registry=r,
         )
@@ -201,8 +202,8 @@ class PipestateMetrics:
     def refresh_from_thread(self, timeout: float = 30.0) -> StoreSnapshot | None:
         """Refresh on the event loop that first refreshed (for a scrape served by another thread)."""
         loop = self._loop
-        if loop is None or loop.is_closed():
-            return self._cache.snapshot
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return self._cache.snapshot  # nobody to ask: serve what was last read
         future = asyncio.run_coroutine_threadsafe(self.refresh(), loop)
         try:
             return future.result(timeout)

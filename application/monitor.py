@@ -164,6 +164,8 @@ class Monitor:
                     log.info("monitor: %d new alerts", len(report.new))
             except PipestateError as exc:
                 log.warning("monitor check failed: %s", exc)
+            except Exception:  # a bug must not silently end the loop of a long-running server
+                log.exception("monitor check failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 

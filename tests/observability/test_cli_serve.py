@@ -16,19 +16,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
 from pipestate.adapters.sqlalchemy.alerts import SqlAlertStore
 from pipestate.adapters.web.app import WebConfig, create_app
 from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.application.monitor import ENTRY_POINT_GROUP, Monitor, entry_point_hooks
+from pipestate.application.scheduler import enqueue_pending
 from pipestate.domain.alerts import MonitorSettings
 from pipestate.domain.clock import FrozenClock
-from pipestate.domain.run import RunState
+from pipestate.domain.run import PipelineRun, RunState
 from tests.observability.conftest import SqlTarget, populate
 from tests.observability.webhook_server import webhook_server
 
 ROOT = Path(__file__).resolve().parents[2]
+WORKER = (sys.executable, "-m", "pipestate")
+HANDLER = ("--handler", "tests.e2e.handlers:record")
 
 
 def _env() -> dict[str, str]:
@@ -192,3 +196,70 @@ def test_two_serve_processes_monitoring_one_store_deliver_the_late_alert_once(tm
             errors = [s.communicate(timeout=15)[1] for s in servers]
     assert [b["run_id"] for b in receiver.bodies] == [late_run], errors
     assert all("secret-part" not in e for e in errors)
+
+
+async def _queued_runs(db: str, n: int, sleep: float) -> None:
+    storage = SqlAlchemyStorage.from_url(db)
+    try:
+        await storage.create_schema()
+        now = SYSTEM_CLOCK.now()
+        runs = []
+        for i in range(n):
+            run = PipelineRun.new(
+                tenant_id="acme", config_id=f"c{i}", scheduled_time=now, now=now, config={"sleep": sleep}
+            )
+            run.make_pending(now)
+            runs.append(run)
+        await storage.insert_runs(runs)
+        await enqueue_pending(storage, runs, now)
+    finally:
+        await storage.close()
+
+
+def test_worker_metrics_port_is_scraped_while_it_works(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    asyncio.run(_queued_runs(db, 6, 0.4))
+    port = _free_port()
+    worker = subprocess.Popen(
+        [
+            *WORKER,
+            "--db",
+            db,
+            "worker",
+            "--metrics-port",
+            str(port),
+            *HANDLER,
+            "--exit-when-idle",
+            "--poll",
+            "0.1",
+        ],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    scraped = None
+    try:
+        deadline = time.monotonic() + 60
+        while scraped is None and worker.poll() is None and time.monotonic() < deadline:
+            try:
+                status, scraped = _get(f"http://127.0.0.1:{port}/metrics")
+            except OSError:
+                time.sleep(0.05)
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, err
+    assert scraped is not None and status == 200, err
+    assert f"metrics on http://127.0.0.1:{port}/metrics" in err
+    runs = {
+        sample.labels["state"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "pipestate_runs"
+    }
+    assert sum(runs.values()) == 6  # a consistent snapshot mid-run: every run in exactly one state
+    assert out.count("completed") == 6
