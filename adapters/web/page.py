@@ -41,7 +41,7 @@ header { display:flex; flex-wrap:wrap; gap:.5rem 1rem; align-items:center; justi
 header h1 { margin:0; font-size:1.15rem; } header a { color:#fff; text-decoration:none; }
 header .meta { color:#c5cbd6; font-size:.85rem; }
 header form { display:flex; gap:.4rem; } header input { width:11rem; }
-main { max-width:1200px; margin:0 auto; padding:1rem; }
+main { max-width:1360px; margin:0 auto; padding:1rem; }
 section { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:1rem;
   margin-bottom:1rem; }
 h2 { margin:0 0 .75rem; font-size:1.05rem; }
@@ -51,8 +51,9 @@ h2 { margin:0 0 .75rem; font-size:1.05rem; }
 .card .n { font-size:1.6rem; font-weight:650; } .card .l { color:var(--muted); font-size:.85rem; }
 .scroll { overflow-x:auto; }
 table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums; }
-th, td { padding:.4rem .5rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
-th { font-size:.8rem; color:var(--muted); font-weight:600; text-transform:uppercase; letter-spacing:.02em; }
+th, td { padding:.4rem .45rem; border-bottom:1px solid var(--line); text-align:left; white-space:nowrap; }
+th { font-size:.75rem; color:var(--muted); font-weight:600; text-transform:uppercase; letter-spacing:.02em;
+  white-space:normal; vertical-align:bottom; }
 td.num, th.num { text-align:right; }
 .state { display:inline-block; padding:.05rem .45rem; border-radius:999px; font-size:.8rem; font-weight:600;
   background:#eef1f6; }
