@@ -68,9 +68,16 @@ def add_parsers(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def monitor_store_for(storage: Storage) -> MonitorStore | None:
-    """The alert/settings store beside ``storage`` (its SQL engine); ``None`` for BigQuery."""
+    """The alert/settings store beside ``storage``: its SQL engine, or its BigQuery dataset."""
     engine = getattr(storage, "engine", None)
-    return SqlAlertStore(engine) if isinstance(engine, sa.engine.Engine) else None
+    if isinstance(engine, sa.engine.Engine):
+        return SqlAlertStore(engine)
+    try:
+        from pipestate.adapters.bigquery import BigQueryStorage
+        from pipestate.adapters.bigquery.alerts import BigQueryAlertStore
+    except ImportError:
+        return None
+    return BigQueryAlertStore(storage) if isinstance(storage, BigQueryStorage) else None
 
 
 def stats_for(storage: Storage) -> RunStatsRepository | None:
@@ -89,10 +96,7 @@ def stats_for(storage: Storage) -> RunStatsRepository | None:
 def _require_store(storage: Storage) -> MonitorStore:
     store = monitor_store_for(storage)
     if store is None:
-        raise StorageError(
-            "alerts need a SQLite or PostgreSQL store; on BigQuery the monitor has no table yet"
-            " (see docs/observability.md)"
-        )
+        raise StorageError("this store has no monitor tables (SQLite, PostgreSQL and BigQuery do)")
     return store
 
 

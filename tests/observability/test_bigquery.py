@@ -1,20 +1,25 @@
 """BigQuery (on the emulator): the store gauges cost 3 jobs per refresh and none inside the cache
-interval; the page reads grouped counts in one job; the monitor is declared unavailable."""
+interval; the page reads grouped counts in one job; alerts are claimed once per key."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from google.api_core import exceptions as gexc
+from google.cloud import bigquery
 
 from pipestate.adapters.bigquery import BigQueryStorage, RetrySettings
+from pipestate.adapters.bigquery.alerts import ALERTS, BigQueryAlertStore
 from pipestate.adapters.bigquery.stats import OPERATION, BigQueryRunStats
 from pipestate.adapters.cli.serve import monitor_store_for, stats_for
 from pipestate.adapters.web.app import WebConfig, create_app
 from pipestate.application.metrics import PipestateMetrics
+from pipestate.application.monitor import Monitor
+from pipestate.domain.alerts import Alert, AlertKind, MonitorSettings
 from pipestate.domain.clock import FrozenClock
 from pipestate.domain.errors import StorageUnavailable
 from pipestate.domain.run import RunState
@@ -48,7 +53,7 @@ async def test_a_metrics_refresh_costs_three_jobs_and_the_cache_none(
 ) -> None:
     storage, client, population = bq
     stats = stats_for(storage)
-    assert isinstance(stats, BigQueryRunStats) and monitor_store_for(storage) is None
+    assert stats is not None
     metrics = PipestateMetrics(storage, stats, clock=clock, min_interval=3600)
     snapshot = await metrics.refresh()
     assert client.count() == 3 == snapshot.port_calls
@@ -91,3 +96,73 @@ async def test_the_page_api_on_bigquery(
     ]
     # schedules 1 + grouped counts 1 + due active runs 1 + queue statistics 1, whatever the tenants
     assert client.count() == 4
+
+
+async def _alert_store(storage: BigQueryStorage) -> BigQueryAlertStore:
+    store = monitor_store_for(storage)
+    assert isinstance(store, BigQueryAlertStore)
+    await store.create_alert_schema()
+    return store
+
+
+async def test_settings_round_trip(bq: tuple[BigQueryStorage, ScriptedClient, Population]) -> None:
+    storage, _, _ = bq
+    store = await _alert_store(storage)
+    default = MonitorSettings(max_delay_seconds=600, run_timeout_seconds=3600.5)
+    acme = MonitorSettings("acme", "orders", consecutive_failures=3, auto_pause=True)
+    await store.put_settings(default)
+    await store.put_settings(acme)
+    await store.put_settings(MonitorSettings(max_delay_seconds=900))  # replaces the default row
+    assert await store.list_settings() == [MonitorSettings(max_delay_seconds=900), acme]
+    assert await store.delete_settings("acme", "orders") is True
+    assert await store.delete_settings("acme", "orders") is False
+    assert await store.list_settings() == [MonitorSettings(max_delay_seconds=900)]
+
+
+async def test_a_late_run_alerts_once_with_two_monitors_on_bigquery(
+    bq: tuple[BigQueryStorage, ScriptedClient, Population], clock: FrozenClock
+) -> None:
+    storage, client, population = bq
+    first, second = await _alert_store(storage), await _alert_store(storage)
+    await first.put_settings(MonitorSettings("acme", "orders", max_delay_seconds=600))
+    seen: list[Alert] = []
+    monitors = [
+        Monitor(storage, store, clock=clock, hooks=[seen.append], load_entry_points=False)
+        for store in (first, second)
+    ]
+    client.reset()
+    reports = await asyncio.gather(*(m.check() for m in monitors))
+    assert [len(r.detected) for r in reports] == [1, 1]
+    assert sorted(len(r.new) for r in reports) == [0, 1]
+    assert [a.run_id for a in seen] == [population.first("acme", RunState.PENDING).run_id]
+    # per check: settings 1, due active runs 1, MERGE 1, claiming UPDATE 1 (+ read-back, + delivery 1)
+    assert client.count() == 2 * 4 + 1 + 1
+    assert (await monitors[0].check()).new == []
+    (stored,) = await first.list_alerts()
+    assert (
+        stored.key == seen[0].key and stored.delivered_at is not None and stored.details["waited_seconds"] > 0
+    )
+
+
+async def test_a_duplicate_row_from_a_racing_merge_is_never_claimed_twice(
+    bq: tuple[BigQueryStorage, ScriptedClient, Population], clock: FrozenClock
+) -> None:
+    storage, client, _ = bq
+    store = await _alert_store(storage)
+    alert = Alert("late:x:1", AlertKind.LATE, "acme", "orders", "x", "late", clock.now())
+    table = f"{storage.dataset_id}.{ALERTS}"
+    insert = (
+        f"INSERT INTO `{table}` (`alert_key`, `kind`, `tenant_id`, `reason`, `details`, `detected_at`) "  # noqa: S608
+        "VALUES (@k, 'late', 'acme', 'late', '{}', CURRENT_TIMESTAMP())"
+    )
+    params = bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ScalarQueryParameter("k", "STRING", alert.key)]
+    )
+    # two unclaimed rows of one key (what two concurrent insert-only MERGEs can leave): one winner
+    client.real.query(insert, job_config=params).result()
+    client.real.query(insert, job_config=params).result()
+    assert await store.record_alerts([alert]) == [alert]
+    # a third row arriving after the claim: nobody wins it again
+    client.real.query(insert, job_config=params).result()
+    assert await store.record_alerts([alert]) == []
+    assert [a.key for a in await store.list_alerts()] == [alert.key]  # reads dedupe by key
