@@ -281,7 +281,10 @@ async def start_worker_metrics(storage: Storage, port: int) -> PipestateMetrics:
     """Serve the worker's /metrics on 127.0.0.1:``port`` (scrapes refresh on this event loop)."""
     if not 0 < port <= 65535:
         raise InvalidArgument("--metrics-port", port, "must be 1..65535")
-    metrics = PipestateMetrics(storage, stats_for(storage))
+    try:
+        metrics = PipestateMetrics(storage, stats_for(storage))
+    except ImportError as exc:
+        raise StorageError(str(exc)) from exc  # the metrics extra is missing: say how to add it
     await metrics.refresh()
     metrics.serve_http(port)
     print(f"metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)

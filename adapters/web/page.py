@@ -73,7 +73,8 @@ dt { color:var(--muted); } dd { margin:0; overflow-wrap:anywhere; }
 """
 
 _JS: Final = """
-async function act(url, label) {
+async function act(button) {
+  const url = button.dataset.url, label = button.dataset.label;
   if (!confirm(label + '?')) return;
   const r = await fetch(url, {method: 'POST', credentials: 'same-origin',
                               headers: {'X-Pipestate-Request': '1'}});
@@ -149,19 +150,20 @@ def _card(label: str, value: object, testid: str, *, bad: bool = False) -> str:
 
 
 def _buttons(run: PipelineRun, principal: Principal) -> str:
+    """Control buttons; the URL and label travel in data attributes, never inside script text."""
     if not principal.authenticated:
         return ""
-    rid = quote(run.run_id)
+    rid = quote(run.run_id, safe="")
     out = []
     if run.state in ACTIVE_STATES:
         out.append(
-            f'<button class="danger" data-testid="cancel-{_e(run.run_id)}" '
-            f"onclick=\"act('/api/runs/{rid}/cancel', 'Cancel run {_e(run.run_id[:8])}')\">Cancel</button>"
+            f'<button class="danger" data-testid="cancel-{_e(run.run_id)}" data-url="/api/runs/{rid}/cancel" '
+            f'data-label="Cancel run {_e(run.run_id[:8])}" onclick="act(this)">Cancel</button>'
         )
     if run.state is RunState.FAILED:
         out.append(
-            f'<button data-testid="retry-{_e(run.run_id)}" '
-            f"onclick=\"act('/api/runs/{rid}/retry', 'Retry run {_e(run.run_id[:8])}')\">Retry</button>"
+            f'<button data-testid="retry-{_e(run.run_id)}" data-url="/api/runs/{rid}/retry" '
+            f'data-label="Retry run {_e(run.run_id[:8])}" onclick="act(this)">Retry</button>'
         )
     return " ".join(out)
 
@@ -173,7 +175,7 @@ def run_rows(runs: Sequence[PipelineRun], principal: Principal) -> str:
     for run in runs:
         rows.append(
             f'<tr data-testid="run-{_e(run.run_id)}">'
-            f'<td><a href="/runs/{quote(run.run_id)}">{_e(run.run_id[:8])}</a></td>'
+            f'<td><a href="/runs/{quote(run.run_id, safe="")}">{_e(run.run_id[:8])}</a></td>'
             f"<td>{_e(run.tenant_id)}/{_e(run.config_id)}</td>"
             f'<td data-testid="state-{_e(run.run_id)}">{_state(run.state)}</td>'
             f"<td>{fmt_time(run.scheduled_time)}</td>"
@@ -222,7 +224,7 @@ def status_page(
         cells = "".join(f'<td class="num" data-testid="t-{tid}-{s.value}">{t.count(s)}</td>' for s in _STATES)
         rate = "-" if t.success_rate is None else f"{t.success_rate:.0%}"
         tenant_rows.append(
-            f'<tr><td><a href="/?{urlencode({"tenant": t.tenant_id})}">{tid}</a></td>'
+            f'<tr><td><a href="/?{_e(urlencode({"tenant": t.tenant_id}))}">{tid}</a></td>'
             f'<td class="num{" bad" if t.late else ""}" data-testid="t-{tid}-late">{t.late}</td>'
             f'<td class="num{" bad" if t.stuck else ""}" data-testid="t-{tid}-stuck">{t.stuck}</td>'
             f'<td class="num" data-testid="t-{tid}-success">{rate}</td>'

@@ -262,3 +262,16 @@ async def test_the_status_page_shows_the_store(api: Api) -> None:
     detail = await api.client.get(f"/runs/{run.run_id}")
     assert detail.status_code == 200 and "attempt 1 started on w1" in detail.text
     assert (await api.client.get("/runs/nope")).status_code == 404
+
+
+async def test_the_page_escapes_what_the_store_holds(api: Api) -> None:
+    now = api.clock.now()
+    hostile = PipelineRun.new(
+        tenant_id="acme", config_id="<img src=x onerror=alert(1)>", scheduled_time=now, now=now
+    )
+    hostile.run_id = "r'\");alert(2);//<script>alert(3)</script>"
+    await api.storage.insert_runs([hostile])
+    page = (await api.client.get("/", headers=bearer(ADMIN))).text
+    assert "<img src=x" not in page and "<script>alert(3)" not in page and "');alert(2)" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert 'data-label="Cancel run r&#x27;&quot;);ale"' in page  # data attribute, not script text
