@@ -8,7 +8,7 @@ is delivered once, whichever monitor saw it first.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -139,7 +139,7 @@ class SettingsIndex:
         values = [getattr(s, attribute) for s in self._rows.values() if getattr(s, attribute) is not None]
         return min(values) if values else None
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[MonitorSettings]:
         return iter(self._rows.values())
 
 
