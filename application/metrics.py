@@ -153,6 +153,18 @@ class PipestateMetrics:
             ["kind"],
             registry=r,
         )
+        self.bigquery_jobs = prom.Counter(
+            "pipestate_bigquery_jobs",
+            "BigQuery jobs this process ran, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.bigquery_bytes = prom.Counter(
+            "pipestate_bigquery_bytes_billed",
+            "Bytes BigQuery billed for this process's jobs, by operation (0 when not reported).",
+            ["operation"],
+            registry=r,
+        )
         self.alerts = prom.Counter(
             "pipestate_alerts", "Alerts delivered by this process.", ["kind"], registry=r
         )
@@ -276,6 +288,11 @@ class PipestateMetrics:
     def observe_recovery(self, report: RecoveryReport) -> None:
         self.leases_lost.labels("recovery").inc(report.expired_runs)
         self.retries.inc(report.retried)
+
+    def observe_bigquery_job(self, operation: str, bytes_billed: int | None) -> None:
+        """One finished BigQuery job (the listener of ``adapters/bigquery/observed.py``)."""
+        self.bigquery_jobs.labels(operation).inc()
+        self.bigquery_bytes.labels(operation).inc(bytes_billed or 0)
 
     def observe_alert(self, alert: Alert) -> None:
         self.alerts.labels(alert.kind.value).inc()

@@ -93,6 +93,15 @@ def stats_for(storage: Storage) -> RunStatsRepository | None:
     return BigQueryRunStats(storage) if isinstance(storage, BigQueryStorage) else None
 
 
+def _observe_bigquery_jobs(metrics: PipestateMetrics) -> None:
+    """Count this process's BigQuery jobs and bytes (a no-op without the bigquery extra)."""
+    try:
+        from pipestate.adapters.bigquery.observed import add_job_listener
+    except ImportError:
+        return
+    add_job_listener(metrics.observe_bigquery_job)
+
+
 def _require_store(storage: Storage) -> MonitorStore:
     store = monitor_store_for(storage)
     if store is None:
@@ -132,6 +141,7 @@ async def _serve(args: argparse.Namespace, storage: Storage, describe: str) -> i
         await store.create_alert_schema()
     stats = stats_for(storage)
     metrics = PipestateMetrics(storage, stats, min_interval=args.metrics_interval)
+    _observe_bigquery_jobs(metrics)
     app = create_app(
         WebConfig(
             storage,
@@ -285,6 +295,7 @@ async def start_worker_metrics(storage: Storage, port: int) -> PipestateMetrics:
         metrics = PipestateMetrics(storage, stats_for(storage))
     except ImportError as exc:
         raise StorageError(str(exc)) from exc  # the metrics extra is missing: say how to add it
+    _observe_bigquery_jobs(metrics)
     await metrics.refresh()
     metrics.serve_http(port)
     print(f"metrics on http://127.0.0.1:{port}/metrics", file=sys.stderr, flush=True)

@@ -11,9 +11,11 @@ import httpx
 import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipestate.adapters.bigquery import BigQueryStorage, RetrySettings
 from pipestate.adapters.bigquery.alerts import ALERTS, BigQueryAlertStore
+from pipestate.adapters.bigquery.observed import ObservedClient, add_job_listener
 from pipestate.adapters.bigquery.stats import OPERATION, BigQueryRunStats
 from pipestate.adapters.cli.serve import monitor_store_for, stats_for
 from pipestate.adapters.web.app import WebConfig, create_app
@@ -166,3 +168,54 @@ async def test_a_duplicate_row_from_a_racing_merge_is_never_claimed_twice(
     client.real.query(insert, job_config=params).result()
     assert await store.record_alerts([alert]) == []
     assert [a.key for a in await store.list_alerts()] == [alert.key]  # reads dedupe by key
+
+
+async def test_jobs_and_bytes_billed_are_counted_per_operation(clock: FrozenClock) -> None:
+    try:
+        shared_emulator()
+    except RuntimeError as error:
+        unavailable(f"BigQuery emulator: {error}")
+    scripted = ScriptedClient(shared_client())
+    storage = BigQueryStorage(ObservedClient(scripted), f"pst_{uuid.uuid4().hex[:16]}")  # type: ignore[arg-type]
+    await storage.create_schema()
+    metrics = PipestateMetrics(storage, None, clock=clock)
+    remove = add_job_listener(metrics.observe_bigquery_job)
+    try:
+        await populate(storage, clock.now())
+        values = gauges((await metrics.exposition())[0].decode())
+    finally:
+        remove()
+        await storage.close()
+        scripted.real.delete_dataset(storage.dataset_id, delete_contents=True, not_found_ok=True)
+    jobs = {
+        dict(k)["operation"]: v for (name, k), v in values.items() if name == "pipestate_bigquery_jobs_total"
+    }
+    assert sum(jobs.values()) == scripted.count()  # every job the adapter ran, the scrape's included
+    assert jobs["insert_runs"] >= 1 and jobs["queue_stats"] == 1
+
+    class Job:
+        total_bytes_billed = 10 * 1024**2
+
+        def result(self) -> list[object]:
+            return []
+
+    class Client:  # BigQuery bills; the emulator does not say how much, so a job that does
+        def query(self, sql: str, job_config: object = None, **kwargs: object) -> Job:
+            return Job()
+
+    remove = add_job_listener(metrics.observe_bigquery_job)
+    try:
+        config = bigquery.QueryJobConfig(labels={"operation": "claim"})
+        ObservedClient(Client()).query("SELECT 1", job_config=config).result()
+    finally:
+        remove()
+    values = gauges((await metrics.exposition())[0].decode())
+    assert values[("pipestate_bigquery_bytes_billed_total", (("operation", "claim"),))] == 10 * 1024**2
+
+
+def gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
