@@ -134,6 +134,7 @@ async def run_demo(target: str, out: TextIO) -> int:
     finally:
         await storage.close()
     print(f"\n(simulated 24 h in {time.perf_counter() - started:.1f} s; store: {url})", file=out)
+    print(f"status page: pipestate serve --db {url}  (then open http://127.0.0.1:8080/)", file=out)
     return 0
 
 

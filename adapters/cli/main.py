@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 
 from pipestate._version import __version__
 from pipestate.adapters.cli import logs
+from pipestate.adapters.cli import serve as serve_commands
 from pipestate.adapters.cli.output import (
     backfill_dict,
     describe_result,
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--max-items", type=int, default=None, help="exit after this many items")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on 127.0.0.1:PORT")
 
     backfill = command(
         "backfill", "create the runs of a schedule's past slots in [--from, --to), as the tick makes them"
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "simulate a day of three tenants on a fresh SQLite file")
     demo.add_argument("--file", default="pipestate-demo.db", help="SQLite file to (re)create")
+    serve_commands.add_parsers(command)
     return parser
 
 
@@ -301,6 +304,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "worker":
             assert handler is not None
             return await _worker(args, storage, handler)
+        if args.command in serve_commands.COMMANDS:
+            return await serve_commands.run(args, storage, options.describe(), _instant)
         command = _COMMANDS[
             args.command if args.command != "schedule" else f"schedule {args.schedule_command}"
         ]
@@ -485,7 +490,14 @@ def _load_handler(spec: str) -> Handler:
 
 
 async def _worker(args: argparse.Namespace, storage: Storage, handler: Handler) -> int:
+    metrics = None
+    if args.metrics_port is not None:
+        metrics = await serve_commands.start_worker_metrics(storage, args.metrics_port)
+        handler, storage = metrics.instrument(handler), metrics.count_errors(storage)
+
     def report(result: WorkResult) -> None:
+        if metrics is not None:
+            metrics.observe_result(result)
         if args.json:
             line = {k: v for k, v in public_json(result).items() if v is not None}
             print(json.dumps(line), flush=True)

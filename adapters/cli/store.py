@@ -115,7 +115,8 @@ def _bigquery(project: str, dataset: str, location: str | None) -> Storage:
     if storage_class is None:
         raise StorageError("this pipestate build has no BigQuery adapter (adapters.bigquery.BigQueryStorage)")
     try:
-        client = bigquery.Client(project=project)
+        observed = importlib.import_module("pipestate.adapters.bigquery.observed")
+        client = observed.ObservedClient(bigquery.Client(project=project))  # jobs and bytes for metrics
     except Exception as exc:  # google.auth errors, bad project: a one-line message for the CLI
         raise StorageError(f"cannot create a BigQuery client for project {project!r}: {exc}") from exc
     return cast(Storage, storage_class(client, dataset, location=location))

@@ -1,0 +1,1 @@
+"""The web adapter of ``pipestate serve`` (``pipestate[web]``: FastAPI and uvicorn)."""
