@@ -26,6 +26,11 @@ LEASES: Final = "x_meta_writer_leases"
 BIGQUERY_TABLES: Final = (*TABLES, LEASES)
 """Every table pipestate keeps in BigQuery: :data:`TABLES` plus the writer-lease table that only
 BigQuery needs (it has no unique keys)."""
+ALERTS: Final = "x_meta_pipeline_alerts"
+MONITOR_SETTINGS: Final = "x_meta_pipeline_monitor_settings"
+MONITOR_TABLES: Final = (ALERTS, MONITOR_SETTINGS)
+"""The monitor's own tables (alerts and their settings), created by ``pipestate serve`` /
+``pipestate alerts``, not by the core ``create_schema``."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ def load(table: str) -> TableSpec:
     Raises:
         KeyError: not a pipestate table.
     """
-    if table not in BIGQUERY_TABLES:
+    if table not in BIGQUERY_TABLES and table not in MONITOR_TABLES:
         raise KeyError(table)
     text = resources.files(__name__).joinpath(f"{table}.json").read_text(encoding="utf-8")
     return _parse(json.loads(text))
@@ -123,9 +128,17 @@ def load_bigquery() -> tuple[TableSpec, ...]:
     return tuple(load(name) for name in BIGQUERY_TABLES)
 
 
+def load_monitor() -> tuple[TableSpec, ...]:
+    """The monitor's table specs, in :data:`MONITOR_TABLES` order."""
+    return tuple(load(name) for name in MONITOR_TABLES)
+
+
 __all__ = [
+    "ALERTS",
     "BIGQUERY_TABLES",
     "LEASES",
+    "MONITOR_SETTINGS",
+    "MONITOR_TABLES",
     "QUEUE",
     "RUNS",
     "SCHEDULES",
@@ -135,4 +148,5 @@ __all__ = [
     "load",
     "load_all",
     "load_bigquery",
+    "load_monitor",
 ]

@@ -9,6 +9,7 @@ context a record has as ``key=value`` pairs.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Final, TextIO
 
 ROOT_LOGGER: Final = "pipestate"
@@ -35,17 +36,28 @@ class ContextFormatter(logging.Formatter):
         return f"{line} {' '.join(context)}" if context else line
 
 
-def configure(verbosity: int, stream: TextIO) -> logging.Logger:
-    """Send pipestate's records to ``stream``: warnings by default, INFO with ``-v``, DEBUG with
-    ``-vv``. Idempotent: a second call replaces the handler it added before."""
+class _StandardError(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (it may be replaced)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def configure(verbosity: int, stream: TextIO | None = None) -> logging.Logger:
+    """Send pipestate's records to ``stream`` (default: the current ``sys.stderr``): warnings by
+    default, INFO with ``-v``, DEBUG with ``-vv``. Idempotent: a second call replaces the handler it
+    added before. Propagation is left alone, so a host's own logging set-up still sees them."""
     logger = logging.getLogger(ROOT_LOGGER)
     for handler in list(logger.handlers):
         if getattr(handler, "_pipestate_cli", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(ContextFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    handler._pipestate_cli = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
+    added: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StandardError()
+    added.setFormatter(ContextFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    added._pipestate_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(added)
     logger.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO if verbosity == 1 else logging.WARNING)
-    logger.propagate = False
     return logger

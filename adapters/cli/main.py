@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     traceback = "--traceback" in (argv if argv is not None else sys.argv[1:])
     try:
         args = parser.parse_args(argv)
-        logs.configure(args.verbose, sys.stderr)
+        logs.configure(args.verbose)
         if args.command == "version":
             _say(args, {"version": __version__}, f"{PROG} {__version__}")
             return EXIT_OK

@@ -178,6 +178,7 @@ async def test_jobs_and_bytes_billed_are_counted_per_operation(clock: FrozenCloc
     scripted = ScriptedClient(shared_client())
     storage = BigQueryStorage(ObservedClient(scripted), f"pst_{uuid.uuid4().hex[:16]}")  # type: ignore[arg-type]
     await storage.create_schema()
+    scripted.reset()  # create_schema's job (the writer-lease rows) ran before the listener
     metrics = PipestateMetrics(storage, None, clock=clock)
     remove = add_job_listener(metrics.observe_bigquery_job)
     try:

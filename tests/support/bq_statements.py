@@ -207,6 +207,25 @@ async def _drive(client: bigquery.Client, dataset: str) -> None:
         await storage.update_schedules([(nxt, schedule.version)])
         await storage.due_schedules(T0, 10)
 
+        # The monitor's statements (pipestate serve / alerts): alerts, settings, grouped counts.
+        from pipestate.adapters.bigquery.alerts import BigQueryAlertStore
+        from pipestate.adapters.bigquery.stats import BigQueryRunStats
+        from pipestate.domain.alerts import Alert, AlertKind, MonitorSettings
+
+        monitor = BigQueryAlertStore(storage)
+        await monitor.create_alert_schema()
+        alert = Alert("late:r0", AlertKind.LATE, "t", "c", "r0", "late", T0)
+        await monitor.record_alerts([alert])
+        await monitor.mark_delivered(alert.key, at=T0)
+        await monitor.mark_delivered(alert.key, at=T0, error="boom")
+        for tenant, kind, run in product((None, "t"), (None, AlertKind.LATE), (None, "r0")):
+            await monitor.list_alerts(tenant_id=tenant, kind=kind, run_id=run)
+        await monitor.put_settings(MonitorSettings(tenant_id="t", config_id="c", max_delay_seconds=60.0))
+        await monitor.list_settings()
+        await monitor.delete_settings("t", "c")
+        await monitor.count_runs_by_tenant_and_state()
+        await BigQueryRunStats(storage).count_runs_by_tenant_and_state()
+
         # The writer lease's read: only when another holder has it.
         async with storage._writer_lease("enumerate", schemas.RUNS):
             with contextlib.suppress(StorageUnavailable):

@@ -95,7 +95,7 @@ class Gate:
         language.product_mode = ProductMode.PRODUCT_EXTERNAL
         self._language = language
         builder = CatalogBuilder("bigquery")
-        for spec in schemas.load_bigquery():
+        for spec in (*schemas.load_bigquery(), *schemas.load_monitor()):
             table = TableBuilder(f"{GATE_DATASET}.{spec.table}")
             for field in spec.fields:
                 table.add_column(field.name, getattr(TypeKind, _COLUMN_KINDS[field.type]))
