@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -149,22 +149,23 @@ def test_item_14_a_second_sigint_stops_the_worker_at_once(cli: Cli, tmp_path: Pa
         conn.execute(sa.update(tables.queue).values(config=json.loads(payload)))
     engine.dispose()
     worker = cli.spawn("worker", "--handler", "tests.e2e.handlers:record", "--poll", "0.1")
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(worker.stderr or ()), daemon=True)
+    reader.start()
     try:
         wait_for(lambda: log.exists() and "start" in log.read_text(), what="the handler to start")
         worker.send_signal(signal.SIGINT)
-        wait_for(lambda: worker.poll() is not None or _said_finishing(worker), what="the first signal")
+        wait_for(lambda: any("finishing the current runs" in line for line in lines), what="the first signal")
         worker.send_signal(signal.SIGINT)
-        _, stderr = worker.communicate(timeout=30)
+        worker.wait(timeout=30)
     finally:
         if worker.poll() is None:
             worker.kill()
-            worker.communicate()
-    assert worker.returncode == 128 + signal.SIGINT, stderr
-    assert "exiting now" in stderr
-
-
-def _said_finishing(worker: subprocess.Popen[str]) -> bool:
-    """True once the worker printed that it is finishing (its first-signal line)."""
-    assert worker.stderr is not None
-    line = worker.stderr.readline()
-    return "finishing the current runs" in line
+            worker.wait()
+        reader.join(timeout=10)
+        if worker.stdout is not None:
+            worker.stdout.close()
+        if worker.stderr is not None:
+            worker.stderr.close()
+    assert worker.returncode == 128 + signal.SIGINT, "".join(lines)
+    assert any("exiting now" in line for line in lines)
