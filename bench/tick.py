@@ -124,7 +124,12 @@ async def measure(backend: str, count: int, workdir: Path, url: str) -> tuple[fl
         floor = time.perf_counter() - started
     finally:
         raw.close()
-    engine.dispose()
+        if backend == "postgresql":
+            with engine.begin() as conn:
+                conn.exec_driver_sql(
+                    f"DROP SCHEMA {kwargs['connect_args']['options'][len('-csearch_path=') :]} CASCADE"
+                )
+        engine.dispose()
     return tick, timed.seconds, floor
 
 

@@ -154,6 +154,17 @@ async def raw(backend: str, target: tuple[str, dict[str, Any]], count: int, conc
     return count / elapsed
 
 
+def drop(target: tuple[str, dict[str, Any]]) -> None:
+    if not target[1]:
+        return  # a SQLite file in the temporary folder
+    admin = sa.create_engine(target[0])
+    with admin.begin() as conn:
+        conn.exec_driver_sql(
+            f"DROP SCHEMA {target[1]['connect_args']['options'][len('-csearch_path=') :]} CASCADE"
+        )
+    admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -182,14 +193,12 @@ def main() -> None:
             for concurrency in args.concurrency:
                 raws, ourss = [], []
                 for _ in range(args.repeat):
-                    raws.append(
-                        asyncio.run(
-                            raw(backend, new_store(backend, Path(tmp), args.url), args.runs, concurrency)
-                        )
-                    )
-                    ourss.append(
-                        asyncio.run(ours(new_store(backend, Path(tmp), args.url), args.runs, concurrency))
-                    )
+                    store = new_store(backend, Path(tmp), args.url)
+                    raws.append(asyncio.run(raw(backend, store, args.runs, concurrency)))
+                    drop(store)
+                    store = new_store(backend, Path(tmp), args.url)
+                    ourss.append(asyncio.run(ours(store, args.runs, concurrency)))
+                    drop(store)
                 r, o = statistics.median(raws), statistics.median(ourss)
                 print(f"{backend:>10} {concurrency:>11} | {r:>16,.0f} | {o:>13,.0f} | {o / r:>5.2f}x")
 

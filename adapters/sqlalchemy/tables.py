@@ -26,8 +26,14 @@ Upgrade = str | tuple[str, str]
 """A statement for every dialect, or ``(dialect name, statement)`` for one."""
 
 UPGRADES: Final[Mapping[int, Sequence[Upgrade]]] = {
-    # 2: on PostgreSQL the claim index holds only the waiting items (see ``queue`` below).
-    2: (("postgresql", "DROP INDEX IF EXISTS ix_queue_claim"), ("postgresql", _WAITING_INDEX)),
+    # 2: on PostgreSQL the claim index holds only the waiting items (see ``queue`` below); the
+    # due-runs index gains run_id (see ``runs``).
+    2: (
+        ("postgresql", "DROP INDEX IF EXISTS ix_queue_claim"),
+        ("postgresql", _WAITING_INDEX),
+        "DROP INDEX IF EXISTS ix_runs_state_scheduled",
+        "CREATE INDEX IF NOT EXISTS ix_runs_due ON x_meta_scheduled_runs (state, scheduled_time, run_id)",
+    ),
 }
 """version -> the statements that take a database from ``version - 1`` to ``version``.
 
@@ -99,7 +105,9 @@ runs: Final = sa.Table(
     _ts("created_at"),
     _ts("updated_at"),
     sa.Column("config", Json, nullable=False),
-    sa.Index("ix_runs_state_scheduled", "state", "scheduled_time"),
+    # Due runs in the tick's page order (scheduled_time, run_id): with run_id in the index a page
+    # of runs sharing one slot (every hourly schedule) is read in order, not sorted whole.
+    sa.Index("ix_runs_due", "state", "scheduled_time", "run_id"),
     sa.Index("ix_runs_tenant_state", "tenant_id", "state", "scheduled_time"),
     sa.Index("ix_runs_state_lease", "state", "lease_expires_at"),
     sa.Index("ix_runs_state_completed", "state", "completed_at"),

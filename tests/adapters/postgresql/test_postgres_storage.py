@@ -290,13 +290,17 @@ async def test_claim_on_a_never_analysed_table_with_a_backlog_uses_the_claim_ind
     assert "x_meta_pipeline_queue_pkey" in claim  # the update finds the picked rows by key
 
 
-async def test_a_version_1_database_gets_the_partial_claim_index(
+async def test_a_version_1_database_is_upgraded_to_the_version_2_indexes(
     pg_storage: SqlAlchemyStorage, admin: sa.Engine
 ) -> None:
     with admin.begin() as conn:  # what pipestate's schema version 1 created
         conn.exec_driver_sql("DROP INDEX ix_queue_waiting")
         conn.exec_driver_sql(
             f"CREATE INDEX ix_queue_claim ON {QUEUE} (status, priority, created_at, queue_id)"
+        )
+        conn.exec_driver_sql("DROP INDEX ix_runs_due")
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_runs_state_scheduled ON x_meta_scheduled_runs (state, scheduled_time)"
         )
         conn.exec_driver_sql("UPDATE pipestate_schema_version SET version = 1")
 
@@ -310,5 +314,13 @@ async def test_a_version_1_database_gets_the_partial_claim_index(
                 {"t": QUEUE},
             ).scalars()
         )
+        run_indexes = set(
+            conn.exec_driver_sql(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %(t)s",
+                {"t": "x_meta_scheduled_runs"},
+            ).scalars()
+        )
     assert "ix_queue_waiting" in indexes
     assert "ix_queue_claim" not in indexes
+    assert "ix_runs_due" in run_indexes
+    assert "ix_runs_state_scheduled" not in run_indexes

@@ -12,9 +12,15 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+
 from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
 from pipestate.adapters.sqlalchemy.sqlite_hotpath import CompiledStatement
-from pipestate.adapters.sqlalchemy.statements import CLAIM_SQLITE
+from pipestate.adapters.sqlalchemy.statements import CLAIM_SQLITE, run_conditions
+from pipestate.adapters.sqlalchemy.tables import runs
+from pipestate.domain.ports import RunFilter
+from pipestate.domain.run import RunState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -75,3 +81,21 @@ async def test_claim_on_a_never_analysed_file_takes_the_head_of_a_backlog(tmp_pa
 
     assert [i.queue_id for i in claimed] == ["q0", "q10", "q20"]  # priority 1, oldest first
     assert waiting == 3_000
+
+
+async def test_the_ticks_page_of_due_runs_is_read_in_order_not_sorted(tmp_path: Path) -> None:
+    # Every hourly schedule puts its run in the same slot: a page of due runs must not sort
+    # the whole slot (it did, once per page, with an index on (state, scheduled_time) only).
+    path = tmp_path / "q.db"
+    await fresh_file_with_backlog(path, queued=0, done=0)
+    page = (
+        sa.select(runs)
+        .where(*run_conditions(RunFilter(states=[RunState.SCHEDULED], scheduled_before=T0)))
+        .order_by(runs.c.scheduled_time, runs.c.run_id)
+        .limit(5_000)
+    )
+    sql = str(page.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    with sqlite3.connect(path) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+    assert plan == ["SEARCH x_meta_scheduled_runs USING INDEX ix_runs_due (state=? AND scheduled_time<?)"]
