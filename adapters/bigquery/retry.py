@@ -23,22 +23,18 @@ that retries and its bounds (attempts, elapsed time) are the real ones.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
 )
 
+from pipestate.adapters.retry import RetrySettings as RetrySettings
 from pipestate.domain.errors import StorageError
 
 T = TypeVar("T")
@@ -132,46 +128,14 @@ RETRIED_ERRORS: Final = (gexc.GoogleAPIError, auth_exc.GoogleAuthError, OSError)
 """What the adapter translates at its boundary (everything the client and google.auth raise)."""
 
 
-@dataclass(frozen=True)
-class RetrySettings:
-    """Bounds of the retry layer: exponential backoff with full jitter.
-
-    The wait before retry ``n`` is uniform in ``[0, min(initial_wait * 2**n, max_wait)]``, and in
-    ``[contention_wait, min(contention_wait * 2**n, max_contention_wait)]`` after a contention
-    error (a full DML queue or a lost DML conflict: retrying soon only queues again). It stops
-    after ``max_attempts`` attempts or once ``max_elapsed`` seconds have passed.
-
-    The defaults follow BigQuery's documented DML behaviour: 2 mutating statements run and up to
-    20 wait per table, each DML takes seconds, and BigQuery itself reruns a conflicting statement
-    up to 3 times before failing it; so a statement may legitimately wait minutes.
-    """
-
-    max_attempts: int = 10
-    initial_wait: float = 0.5
-    max_wait: float = 10.0
-    contention_wait: float = 2.0
-    max_contention_wait: float = 60.0
-    max_elapsed: float = 600.0
-
-    def _wait(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome is not None else None
-        n = max(state.attempt_number - 1, 0)
-        if error is not None and classify(error) is ErrorClass.CONTENTION:
-            high = min(self.contention_wait * 2**n, self.max_contention_wait)
-            return random.uniform(min(self.contention_wait, high), high)
-        return random.uniform(0, min(self.initial_wait * 2**n, self.max_wait))
-
-    def retrying(self, on_retry: Callable[[RetryCallState], None] | None = None) -> Retrying:
-        kwargs: dict[str, Any] = {}
-        if on_retry is not None:
-            kwargs["before_sleep"] = on_retry
-        return Retrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_elapsed),
-            wait=self._wait,
-            retry=retry_if_exception(is_transient),
-            reraise=True,
-            **kwargs,
-        )
+def retrying_for(
+    settings: RetrySettings, on_retry: Callable[[RetryCallState], None] | None = None
+) -> Retrying:
+    """``settings`` applied to BigQuery: transient per :func:`is_transient`, contention (a full DML
+    queue, a lost DML conflict) waits long."""
+    return settings.retrying(
+        is_transient, contention=lambda error: classify(error) is ErrorClass.CONTENTION, on_retry=on_retry
+    )
 
 
 DEFAULT_RETRY_SETTINGS: Final = RetrySettings()

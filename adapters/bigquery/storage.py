@@ -59,6 +59,7 @@ from pipestate.adapters.bigquery.retry import (
     classify,
     is_transient,
     reasons,
+    retrying_for,
 )
 from pipestate.adapters.bigquery.schema import parameter_type, schema_differences, to_table
 from pipestate.adapters.rows import (
@@ -469,7 +470,7 @@ class BigQueryStorage:
             )
 
         try:
-            return self._retry.retrying(log_retry)(call, attempts)
+            return retrying_for(self._retry, log_retry)(call, attempts)
         except RETRIED_ERRORS as error:
             message = getattr(error, "message", None) or str(error) or type(error).__name__
             after = f" after {attempts.count} attempts" if attempts.count > 1 else ""

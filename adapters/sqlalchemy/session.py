@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
-import tenacity
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 
+from pipestate.adapters.retry import RetrySettings
 from pipestate.adapters.sqlalchemy.sqlite_hotpath import write_transaction
 from pipestate.adapters.sqlalchemy.tables import SCHEMA_VERSION, schema_version
 from pipestate.domain.errors import StorageError, StorageUnavailable
@@ -70,23 +70,15 @@ class Attempt:
         self.lost_commit = self.lost_commit or bool(failure.extra.get("lost_commit"))
 
 
-def _retrying() -> tenacity.Retrying:
-    """The policy for the attempts after a transient failure (the first retry is immediate:
-    most transient failures are a dead connection, replaced at once)."""
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(StorageUnavailable),
-        stop=(
-            tenacity.stop_after_attempt(TRANSIENT_RETRIES)
-            | tenacity.stop_after_delay(TRANSIENT_RETRY_SECONDS)
-        ),
-        # 20 ms, 40 ms, 80 ms … capped at 1 s, plus up to 50 ms of jitter so retries spread out.
-        wait=tenacity.wait_exponential(multiplier=0.02, max=1.0) + tenacity.wait_random(0, 0.05),
-        reraise=True,
-    )
+SQL_RETRY_SETTINGS: Final = RetrySettings(
+    max_attempts=TRANSIENT_RETRIES, initial_wait=0.02, max_wait=1.0, max_elapsed=TRANSIENT_RETRY_SECONDS
+)
+"""Transient failures of a SQL database are a dropped connection or a lock: retry within
+milliseconds (20 ms, 40 ms … capped at 1 s, full jitter), 5 attempts, 20 s at most."""
 
 
-def with_retries(once: Callable[[Attempt], T]) -> T:
-    """Run ``once`` and retry it on :class:`StorageUnavailable` (bounded, with backoff)."""
+def with_retries(once: Callable[[Attempt], T], settings: RetrySettings = SQL_RETRY_SETTINGS) -> T:
+    """Run ``once`` and retry it on :class:`StorageUnavailable` (bounded by ``settings``)."""
     attempt = Attempt()
     try:
         return once(attempt)
@@ -101,7 +93,7 @@ def with_retries(once: Callable[[Attempt], T]) -> T:
             attempt.failed(failure)
             raise
 
-    return _retrying()(again)
+    return settings.retrying(lambda error: isinstance(error, StorageUnavailable))(again)
 
 
 # --------------------------------------------------------------------------- error translation
@@ -199,8 +191,9 @@ def refuse_newer_schema(conn: Connection) -> None:
 class Sessions:
     """The storage's threads and connections, and the three ways to run work on them."""
 
-    def __init__(self, engine: Engine, threads: int) -> None:
+    def __init__(self, engine: Engine, threads: int, retry: RetrySettings = SQL_RETRY_SETTINGS) -> None:
         self.engine = engine
+        self.retry = retry
         self.dialect = engine.dialect.name
         self._sqlite = self.dialect == "sqlite"
         self._memory = self._sqlite and engine.url.database in (None, "", ":memory:")
@@ -258,7 +251,7 @@ class Sessions:
         return await loop.run_in_executor(self._executor, self.transaction, write, fn)
 
     def transaction(self, write: bool, fn: Callable[[Connection, Attempt], T]) -> T:
-        return with_retries(lambda attempt: self._transaction_once(write, fn, attempt))
+        return with_retries(lambda attempt: self._transaction_once(write, fn, attempt), self.retry)
 
     def _transaction_once(self, write: bool, fn: Callable[[Connection, Attempt], T], attempt: Attempt) -> T:
         conn: Connection | None = None
@@ -307,6 +300,7 @@ class Sessions:
             self._executor,
             with_retries,
             lambda attempt: self._postgres_once(name, fn, attempt, transaction),
+            self.retry,
         )
 
     def _postgres_once(
@@ -416,7 +410,7 @@ class Sessions:
                     raise StorageUnavailable(message, operation=name) from error
                 raise StorageError(message, operation=name) from error
 
-        return with_retries(once)
+        return with_retries(once, self.retry)
 
     # ------------------------------------------------------------------ shutdown
     async def close(self) -> None:

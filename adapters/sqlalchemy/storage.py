@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
+from pipestate.adapters.retry import RetrySettings
 from pipestate.adapters.rows import (
     QUEUE_COLUMNS,
     RUN_COLUMNS,
@@ -53,7 +54,7 @@ from pipestate.adapters.rows import (
     utc,
 )
 from pipestate.adapters.sqlalchemy import statements as st
-from pipestate.adapters.sqlalchemy.session import Attempt, Sessions, prepare_sqlite_engine
+from pipestate.adapters.sqlalchemy.session import SQL_RETRY_SETTINGS, Attempt, Sessions, prepare_sqlite_engine
 from pipestate.adapters.sqlalchemy.sqlite_hotpath import HotStatements
 from pipestate.adapters.sqlalchemy.tables import (
     SCHEMA_VERSION,
@@ -149,7 +150,9 @@ class SqlAlchemyStorage:
         threads: driver threads (default 1 for SQLite, the pool size for PostgreSQL).
     """
 
-    def __init__(self, engine: Engine, *, threads: int | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, threads: int | None = None, retry: RetrySettings = SQL_RETRY_SETTINGS
+    ) -> None:
         name = engine.dialect.name
         if name not in st.DIALECTS:
             raise StorageError(f"unsupported SQLAlchemy dialect {name!r} (use sqlite or postgresql)")
@@ -169,10 +172,12 @@ class SqlAlchemyStorage:
             self._pg = _postgres_hot()
             if threads is None:
                 threads = max(getattr(engine.pool, "size", lambda: 5)(), 1)
-        self._sessions = Sessions(engine, threads)
+        self._sessions = Sessions(engine, threads, retry)
 
     @classmethod
-    def from_url(cls, url: str, **engine_kwargs: Any) -> SqlAlchemyStorage:
+    def from_url(
+        cls, url: str, *, retry: RetrySettings = SQL_RETRY_SETTINGS, **engine_kwargs: Any
+    ) -> SqlAlchemyStorage:
         """Build the engine for ``url`` (``sqlite:///file.db``, ``sqlite://`` for memory,
         ``postgresql+psycopg://…``) and wrap it."""
         kwargs = dict(engine_kwargs)
@@ -193,7 +198,7 @@ class SqlAlchemyStorage:
             kwargs["connect_args"] = {"application_name": "pipestate", **kwargs.get("connect_args", {})}
         try:
             engine = sa.create_engine(parsed, **kwargs)
-            return cls(engine)
+            return cls(engine, retry=retry)
         except ImportError as error:
             raise StorageError(
                 f"cannot create an engine for {shown}: its driver is not installed ({error}); "

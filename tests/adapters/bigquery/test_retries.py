@@ -14,7 +14,7 @@ from google.auth import exceptions as auth_exc
 
 from pipestate.adapters.bigquery import BigQueryStorage, RetrySettings, is_transient
 from pipestate.adapters.bigquery.errors import BytesBilledLimitExceeded
-from pipestate.adapters.bigquery.retry import ErrorClass, classify
+from pipestate.adapters.bigquery.retry import ErrorClass, classify, retrying_for
 from pipestate.domain.errors import StorageError, StorageUnavailable
 from pipestate.domain.ports import RunFilter
 from pipestate.domain.queue import QueueItem, QueueStatus
@@ -151,7 +151,7 @@ def _first_wait(settings: RetrySettings, error: BaseException) -> float:
     def fail() -> None:
         raise error
 
-    retrying = settings.retrying(lambda state: waits.append(state.upcoming_sleep))
+    retrying = retrying_for(settings, lambda state: waits.append(state.upcoming_sleep))
     retrying.sleep = lambda _seconds: None
     with pytest.raises(type(error)):
         retrying(fail)
