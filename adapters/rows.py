@@ -176,6 +176,7 @@ def queue_from_row(row: Mapping[Any, Any]) -> QueueItem:
         completed_at=utc(row["completed_at"]),
         error_message=row["error_message"],
         updated_at=utc(row["updated_at"]),
+        claim_order=None if row["claim_order"] is None else float(row["claim_order"]),
     )
 
 

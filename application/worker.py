@@ -100,6 +100,15 @@ class HandlerCancelled(Exception):
     """Raised by :meth:`RunContext.raise_if_cancelled` once the worker lost the run's lease."""
 
 
+class Timeout(Exception):
+    """The handler ran longer than the worker's execution ``timeout``: it was cancelled, and the
+    run fails with error type ``Timeout`` (retried per its policy)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the handler ran longer than its execution timeout of {seconds:g} s: cancelled")
+        self.seconds = seconds
+
+
 class RunContext:
     """What a handler taking a third parameter gets: the claim, and a cancellation flag.
 
@@ -190,6 +199,9 @@ class Worker:
             shorter than the lease.
         poll_interval: seconds to wait when the queue is empty (finite, > 0).
         on_result: called with every :class:`WorkResult` (e.g. to print progress).
+        timeout: execution timeout per run or item (``None``: none). A handler still running
+            then is cancelled (a sync one sees ``context.cancelled``) and the run fails with
+            :class:`Timeout`, retried per its policy.
 
     Raises:
         InvalidArgument: any option out of its bounds (nothing is started).
@@ -207,6 +219,7 @@ class Worker:
         heartbeat_interval: float | None = None,
         poll_interval: float = 1.0,
         on_result: Callable[[WorkResult], None] | None = None,
+        timeout: timedelta | None = None,
     ) -> None:
         if not callable(handler):
             raise InvalidArgument("handler", handler, "must be callable")
@@ -224,6 +237,7 @@ class Worker:
                     "between heartbeats",
                 )
         self._poll_interval = require_seconds("poll_interval", poll_interval)
+        self._timeout = None if timeout is None else require_duration("timeout", timeout).total_seconds()
         optional_id("worker_id", worker_id)
         self._handler = handler
         self._takes_context = _takes_context(handler)
@@ -377,8 +391,14 @@ class Worker:
         lease.handler = handler
         item_beat = asyncio.create_task(self._keep_item(lease, item, token))
         run_beat = asyncio.create_task(self._keep_run(lease, token)) if lease.run is not None else None
+        timed_out: Timeout | None = None
         try:
-            await asyncio.wait({handler})
+            done, _ = await asyncio.wait({handler}, timeout=self._timeout)
+            if not done and self._timeout is not None:
+                timed_out = Timeout(self._timeout)
+                lease.context._cancel("execution timeout")
+                handler.cancel()
+                await asyncio.wait({handler})
         except BaseException:
             # Cancelled (or the process is going down): behave like a dead worker. The lease
             # runs out and recovery takes the run back; nothing is written here.
@@ -405,6 +425,8 @@ class Worker:
                 lease.lost,
             )
             return None
+        if timed_out is not None:
+            return timed_out
         if handler.cancelled():
             raise asyncio.CancelledError
         error = handler.exception()

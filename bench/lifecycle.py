@@ -6,6 +6,10 @@ same table and indexes, created by pipestate's ``create_schema``; WAL, synchrono
 BEGIN IMMEDIATE, UPDATE … RETURNING claims), measured in the same run, so the printed ratio does
 not depend on the machine. Target: ours >= 0.5x raw.
 
+The "strict" column is the queue before fair share (issue 13): raw sqlite3 with the earlier
+claim (``ORDER BY priority, created_at``) and its indexes, and an enqueue that computes no claim
+order; "fair cost" is raw fair / raw strict, the throughput the fair claim keeps (target >= 0.85).
+
 A second table prints claim latency with a backlog: 0, 10k and 100k items QUEUED and
 ``--history`` finished items, on a file that was never analysed (as every new file is).
 
@@ -43,31 +47,63 @@ def _raw_connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def raw_worker(path: str, items: int, worker: str) -> float:
+FAIR_INSERT = (
+    "INSERT INTO x_meta_pipeline_queue (queue_id, tenant_id, config, priority, created_at, status,"
+    " run_id, version, attempts, worker_id, claim_token, claimed_at, lease_expires_at, completed_at,"
+    " error_message, updated_at, claim_order) VALUES (?1, ?2, ?3, ?4, ?5, 'QUEUED', NULL, 1, 0, NULL, NULL,"
+    " NULL, NULL, NULL, NULL, ?6, max(?7, coalesce((SELECT max(claim_order) FROM x_meta_pipeline_queue"
+    " WHERE tenant_id = ?2 AND status = 'QUEUED' AND priority = ?4) + 1.0, ?7)))"
+    " ON CONFLICT (queue_id) DO NOTHING"
+)
+STRICT_INSERT = (
+    "INSERT INTO x_meta_pipeline_queue (queue_id, tenant_id, config, priority, created_at, status,"
+    " run_id, version, attempts, worker_id, claim_token, claimed_at, lease_expires_at, completed_at,"
+    " error_message, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'QUEUED', NULL, 1, 0, NULL, NULL, NULL, NULL,"
+    " NULL, NULL, ?6) ON CONFLICT (queue_id) DO NOTHING"
+)
+_CLAIM = (
+    "UPDATE x_meta_pipeline_queue SET status = 'PROCESSING', worker_id = ?, claim_token = ?,"
+    " claimed_at = ?, lease_expires_at = ?, updated_at = ?, attempts = attempts + 1,"
+    " version = version + 1 WHERE queue_id IN (SELECT queue_id FROM x_meta_pipeline_queue"
+    " WHERE status = 'QUEUED' ORDER BY {} LIMIT 1)"
+    " AND +status = 'QUEUED' RETURNING *"
+)
+FAIR_CLAIM = _CLAIM.format("claim_order, queue_id")
+STRICT_CLAIM = _CLAIM.format("priority, created_at, queue_id")
+
+
+def strict_setup(path: str) -> None:
+    """The indexes the queue had before fair share (schema version 2 on SQLite)."""
+    ours_setup(path)
     conn = _raw_connect(path)
+    conn.execute("DROP INDEX ix_queue_claim")
+    conn.execute("DROP INDEX ix_queue_tenant_flow")
+    conn.execute(
+        "CREATE INDEX ix_queue_claim ON x_meta_pipeline_queue (status, priority, created_at, queue_id)"
+    )
+    conn.execute("CREATE INDEX ix_queue_tenant_status ON x_meta_pipeline_queue (tenant_id, status)")
+    conn.close()
+
+
+def strict_worker(path: str, items: int, worker: str) -> float:
+    return raw_worker(path, items, worker, fair=False)
+
+
+def raw_worker(path: str, items: int, worker: str, fair: bool = True) -> float:
+    conn = _raw_connect(path)
+    insert, claim = (FAIR_INSERT, FAIR_CLAIM) if fair else (STRICT_INSERT, STRICT_CLAIM)
     started = time.perf_counter()
     for i in range(items):
         now = datetime.now(UTC).replace(tzinfo=None)
         stamp = now.isoformat(" ", "microseconds")
         lease = (now + timedelta(minutes=5)).isoformat(" ", "microseconds")
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO x_meta_pipeline_queue (queue_id, tenant_id, config, priority, created_at, status,"
-            " run_id, version, attempts, worker_id, claim_token, claimed_at, lease_expires_at, completed_at,"
-            " error_message, updated_at) VALUES (?, ?, ?, ?, ?, 'QUEUED', NULL, 1, 0, NULL, NULL, NULL, NULL,"
-            " NULL, NULL, ?) ON CONFLICT (queue_id) DO NOTHING",
-            (f"{worker}-{i}-{secrets.token_hex(4)}", "tenant", json.dumps({"i": i}), 5, stamp, stamp),
-        )
+        order_value = datetime.now(UTC).timestamp() + 4 * 3600.0
+        params = (f"{worker}-{i}-{secrets.token_hex(4)}", "tenant", json.dumps({"i": i}), 5, stamp, stamp)
+        conn.execute(insert, (*params, order_value) if fair else params)
         conn.execute("COMMIT")
         conn.execute("BEGIN IMMEDIATE")
-        row = conn.execute(
-            "UPDATE x_meta_pipeline_queue SET status = 'PROCESSING', worker_id = ?, claim_token = ?,"
-            " claimed_at = ?, lease_expires_at = ?, updated_at = ?, attempts = attempts + 1,"
-            " version = version + 1 WHERE queue_id IN (SELECT queue_id FROM x_meta_pipeline_queue"
-            " WHERE status = 'QUEUED' ORDER BY priority, created_at, queue_id LIMIT 1)"
-            " AND +status = 'QUEUED' RETURNING *",
-            (worker, secrets.token_hex(16), stamp, lease, stamp),
-        ).fetchone()
+        row = conn.execute(claim, (worker, secrets.token_hex(16), stamp, lease, stamp)).fetchone()
         conn.execute("COMMIT")
         if row is None:
             continue
@@ -117,7 +153,7 @@ RAW_CLAIM = (
     "UPDATE x_meta_pipeline_queue SET status = 'PROCESSING', worker_id = ?, claim_token = ?,"
     " claimed_at = ?, lease_expires_at = ?, updated_at = ?, attempts = attempts + 1,"
     " version = version + 1 WHERE queue_id IN (SELECT queue_id FROM x_meta_pipeline_queue"
-    " WHERE status = 'QUEUED' ORDER BY priority, created_at, queue_id LIMIT 1)"
+    " WHERE status = 'QUEUED' ORDER BY claim_order, queue_id LIMIT 1)"
     " AND +status = 'QUEUED' RETURNING *"
 )
 
@@ -130,7 +166,7 @@ def claim_latency(workdir: Path, queued: int, history: int, claims: int) -> tupl
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO x_meta_pipeline_queue (queue_id, tenant_id, config, priority, created_at, status,"
-        " version, attempts, claimed_at) VALUES (?, 't', '{}', ?, ?, ?, 1, 0, ?)",
+        " version, attempts, claimed_at, claim_order) VALUES (?, 't', '{}', ?, ?, ?, 1, 0, ?, ?)",
         (
             (
                 f"q{n}",
@@ -138,6 +174,7 @@ def claim_latency(workdir: Path, queued: int, history: int, claims: int) -> tupl
                 f"2026-01-01 00:00:00.{n % 1_000_000:06d}",
                 "QUEUED" if n < queued + 2 * claims else "COMPLETED",
                 None if n < queued + 2 * claims else "2026-01-01 00:00:01.000000",
+                1767225600.0 + (n % 1_000_000) / 1e6 + (n % 10) * 3600.0,
             )
             for n in range(queued + 2 * claims + history)
         ),
@@ -183,8 +220,9 @@ def claim_latency(workdir: Path, queued: int, history: int, claims: int) -> tupl
 def measure(kind: str, processes: int, items: int, workdir: Path) -> float:
     """Lifecycles per second over all processes."""
     path = str(workdir / f"{kind}-{processes}-{secrets.token_hex(3)}.db")
-    ours_setup(path)  # both sides run on the same schema: pipestate's table and indexes
-    worker = raw_worker if kind == "raw" else ours_worker
+    # raw and ours run on the same schema: pipestate's table and indexes
+    (strict_setup if kind == "strict" else ours_setup)(path)
+    worker = {"raw": raw_worker, "strict": strict_worker, "ours": ours_worker}[kind]
     per_process = items // processes
     started = time.perf_counter()
     if processes == 1:
@@ -214,18 +252,27 @@ def main() -> None:
         f" median of {args.repeat}"
     )
     print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, cpus {os.cpu_count()}")
-    print(f"{'processes':>9} | {'raw sqlite3 /s':>14} | {'pipestate /s':>12} | {'ratio':>6} | target >= 0.50")
+    print(
+        f"{'processes':>9} | {'strict raw /s':>13} | {'raw sqlite3 /s':>14} | {'pipestate /s':>12} | "
+        f"{'ratio':>6} | target >= 0.50 | {'fair cost':>9} (raw / strict, target >= 0.85)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for processes in args.processes:
-            raw, ours = [], []
-            for _ in range(args.repeat):  # interleave so drift hits both sides alike
+            raw, ours, strict = [], [], []
+            for _ in range(args.repeat):  # interleave so drift hits every side alike
+                strict.append(measure("strict", processes, args.items, workdir))
                 raw.append(measure("raw", processes, args.items, workdir))
                 ours.append(measure("ours", processes, args.items, workdir))
             raw_rate, our_rate = statistics.median(raw), statistics.median(ours)
-            ratio = our_rate / raw_rate
+            strict_rate = statistics.median(strict)
+            ratio, fair = our_rate / raw_rate, raw_rate / strict_rate
             verdict = "ok" if ratio >= 0.5 else "BELOW TARGET"
-            print(f"{processes:>9} | {raw_rate:>14,.0f} | {our_rate:>12,.0f} | {ratio:>5.2f}x | {verdict}")
+            fair_verdict = "ok" if fair >= 0.85 else "BELOW TARGET"
+            print(
+                f"{processes:>9} | {strict_rate:>13,.0f} | {raw_rate:>14,.0f} | {our_rate:>12,.0f} | "
+                f"{ratio:>5.2f}x | {verdict:<14} | {fair:>8.2f}x {fair_verdict}"
+            )
         if args.backlogs:
             print(f"\nclaim + complete latency with a backlog ({args.history:,} finished items), median ms")
             print(f"{'QUEUED':>8} | {'pipestate ms':>12} | {'raw ms':>7}")

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from pipestate.domain.errors import InvalidState, InvalidTransition
+from pipestate.domain.limits import base_claim_order
 
 
 class QueueStatus(StrEnum):
@@ -81,6 +82,13 @@ class QueueItem:
     completed_at: datetime | None = None
     error_message: str | None = None
     updated_at: datetime | None = None
+    claim_order: float | None = None
+    """Where the item stands in the claim order (see :mod:`pipestate.domain.limits`): set from
+    ``created_at`` and ``priority`` when not given; the store moves it behind its flow's backlog."""
+
+    def __post_init__(self) -> None:
+        if self.claim_order is None:
+            self.claim_order = base_claim_order(self.created_at, self.priority)
 
     @property
     def wait_seconds(self) -> float | None:

@@ -76,6 +76,7 @@ from pipestate.adapters.rows import (
     utc,
 )
 from pipestate.domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
+from pipestate.domain.limits import FAIR_SHARE_SLOT_SECONDS
 from pipestate.domain.pipeline_schedule import PipelineSchedule
 from pipestate.domain.ports import Capability, RunFilter, RunOrder
 from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus
@@ -742,7 +743,7 @@ class BigQueryStorage:
         unique = list({row[key]: row for row in rows}.values())
         if not unique:
             return 0, False
-        sql = self._sql.merge(spec, key)
+        sql = self._sql.merge_queue if spec.table == schemas.QUEUE else self._sql.merge(spec, key)
         inserted, uncertain = 0, False
         async with self._writer_lease(operation, spec.table):
             for chunk in _chunks(unique, self._max_rows, MAX_PARAMETER_BYTES_PER_STATEMENT):
@@ -1339,7 +1340,7 @@ class _Statements:
             f"`claimed_at` = @now, `updated_at` = @now, `lease_expires_at` = {served}, "
             "`attempts` = `attempts` + 1, `version` = `version` + 1 "
             f"WHERE `queue_id` IN (SELECT p.`queue_id` FROM {q} AS p WHERE p.`status` = '{_QUEUED}' "
-            "ORDER BY p.`priority`, p.`created_at`, p.`queue_id` LIMIT @limit) "
+            "ORDER BY p.`claim_order`, p.`queue_id` LIMIT @limit) "
             f"AND `status` = '{_QUEUED}' "
             f"AND NOT EXISTS (SELECT 1 FROM {q} AS g "
             "WHERE g.`claim_token` = @token AND g.`claimed_at` = @now)"
@@ -1347,7 +1348,7 @@ class _Statements:
         self.claimed = (
             f"SELECT {_cols(QUEUE_COLUMNS)} FROM {q} "
             "WHERE `claim_token` = @token AND `claimed_at` = @now AND `worker_id` = @worker "
-            "ORDER BY `priority`, `created_at`, `queue_id`"
+            "ORDER BY `claim_order`, `queue_id`"
         )
         self.extend_lease = (
             # Idempotent, so that a retry of an applied extension does not bump the version again.
@@ -1418,6 +1419,27 @@ class _Statements:
             f"USING (SELECT {_cols(columns, 'u')} FROM UNNEST(@rows) AS u) AS s "
             f"ON t.{_q(key)} = s.{_q(key)} "
             f"WHEN NOT MATCHED THEN INSERT ({_cols(columns)}) VALUES ({_cols(columns, 's')})"
+        )
+
+    @property
+    def merge_queue(self) -> str:
+        """The enqueue MERGE with fair share (pipestate.domain.limits.next_claim_order): each new
+        item's claim_order is its base, or one slot after its flow's last waiting item (stored, or
+        earlier in the same batch), whichever is later. The writer lease serialises enqueues."""
+        columns = [c for c in schemas.load(schemas.QUEUE).field_names if c != "claim_order"]
+        flow = "PARTITION BY u.`tenant_id`, u.`priority` ORDER BY u.`claim_order`, u.`queue_id`"
+        slot = repr(FAIR_SHARE_SLOT_SECONDS)
+        return (
+            f"MERGE `{self.queue}` AS t "
+            f"USING (SELECT {_cols(columns, 'u')}, "
+            f"GREATEST(u.`claim_order`, COALESCE(f.`tail` + {slot}, MIN(u.`claim_order`) OVER ({flow})) "
+            f"+ (ROW_NUMBER() OVER ({flow}) - 1) * {slot}) AS `claim_order` "
+            "FROM UNNEST(@rows) AS u LEFT JOIN (SELECT `tenant_id`, `priority`, MAX(`claim_order`) AS `tail` "
+            f"FROM `{self.queue}` WHERE `status` = '{_QUEUED}' GROUP BY `tenant_id`, `priority`) AS f "
+            "ON f.`tenant_id` = u.`tenant_id` AND f.`priority` = u.`priority`) AS s "
+            "ON t.`queue_id` = s.`queue_id` "
+            f"WHEN NOT MATCHED THEN INSERT ({_cols([*columns, 'claim_order'])}) "
+            f"VALUES ({_cols([*columns, 'claim_order'], 's')})"
         )
 
     def update_batch(self, spec: schemas.TableSpec, key: str, mutable: Sequence[str]) -> str:

@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--heartbeat", type=float, default=None, help="seconds (default lease/3)")
     worker.add_argument("--poll", type=float, default=1.0, help="seconds between polls of an empty queue")
     worker.add_argument("--worker-id", default=None)
+    worker.add_argument(
+        "--timeout", type=float, default=None, help="execution timeout per run, seconds (default: none)"
+    )
     worker.add_argument("--max-items", type=int, default=None, help="exit after this many items")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on 127.0.0.1:PORT")
@@ -462,6 +465,8 @@ def _check_worker_options(args: argparse.Namespace) -> None:
                 "--heartbeat", args.heartbeat, f"must be shorter than --lease ({lease:g} s)"
             )
     require_seconds("--poll", args.poll)
+    if args.timeout is not None:
+        require_seconds("--timeout", args.timeout)
     if args.max_items is not None:
         require_int("--max-items", args.max_items, minimum=1)
     if args.worker_id is not None:
@@ -513,6 +518,7 @@ async def _worker(args: argparse.Namespace, storage: Storage, handler: Handler) 
         heartbeat_interval=args.heartbeat,
         poll_interval=args.poll,
         on_result=report,
+        timeout=None if args.timeout is None else timedelta(seconds=args.timeout),
     )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)

@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from pipestate.adapters.rows import QUEUE_TRANSITION_EFFECTS, Effect
 from pipestate.adapters.sqlalchemy.tables import queue, runs, schedules
+from pipestate.domain.limits import FAIR_SHARE_SLOT_SECONDS
 from pipestate.domain.ports import RunFilter
 from pipestate.domain.queue import QueueStatus
 from pipestate.domain.run import RunState
@@ -53,11 +54,13 @@ _CLAIM_VALUES: Final = {
 
 
 def _claim_pick() -> sa.Select[tuple[str]]:
-    # Served by ix_queue_claim (status, priority, created_at, queue_id).
+    # Fair share and aging (pipestate.domain.limits): the enqueue fixed each item's claim_order.
+    # Served by ix_queue_claim (status, claim_order, queue_id) on SQLite, the partial
+    # ix_queue_fair (claim_order, queue_id) WHERE status = 'QUEUED' on PostgreSQL.
     return (
         sa.select(queue.c.queue_id)
         .where(queue.c.status == QueueStatus.QUEUED.value)
-        .order_by(queue.c.priority, queue.c.created_at, queue.c.queue_id)
+        .order_by(queue.c.claim_order, queue.c.queue_id)
         .limit(sa.bindparam("b_limit"))
     )
 
@@ -155,6 +158,29 @@ DIALECTS: Final = {
     "sqlite": Dialect("sqlite", sqlite.insert, _sqlite_wait, CLAIM_SQLITE),
     "postgresql": Dialect("postgresql", postgresql.insert, _postgres_wait, CLAIM_POSTGRES),
 }
+
+
+def queue_flow_order(dialect: str) -> sa.ColumnElement[float]:
+    """The enqueued item's claim order: its base (``b_order``), or one fair-share slot after the
+    last waiting item of its flow (tenant ``b_tenant``, priority ``b_priority``), whichever is later.
+
+    Served by ix_queue_tenant_flow (tenant_id, status, priority, claim_order). The same rule as
+    :func:`pipestate.domain.limits.next_claim_order`.
+    """
+    tail = (
+        sa.select(sa.func.max(queue.c.claim_order))
+        .where(
+            queue.c.tenant_id == sa.bindparam("b_tenant"),
+            queue.c.status == QueueStatus.QUEUED.value,
+            queue.c.priority == sa.bindparam("b_priority"),
+        )
+        .scalar_subquery()
+    )
+    base = sa.bindparam("b_order", type_=sa.Float)
+    after_tail = sa.func.coalesce(tail + FAIR_SHARE_SLOT_SECONDS, base)
+    # SQLite's two-argument max() is its GREATEST.
+    greatest = sa.func.max if dialect == "sqlite" else sa.func.greatest
+    return greatest(base, after_tail, type_=sa.Float)
 
 
 def insert_if_absent(dialect: str, table: sa.Table) -> sa.Insert:

@@ -83,17 +83,31 @@ _BY_KEY: Final = {
 }
 
 
+_QUEUE_INSERT_KEYS: Final = tuple(c for c in QUEUE_COLUMNS if c != "claim_order")
+"""The enqueue binds every column but claim_order, which it computes (statements.queue_flow_order)."""
+
+
+def _queue_insert_row(item: QueueItem) -> dict[str, Any]:
+    row = queue_to_row(item)
+    row["b_order"], row["b_tenant"], row["b_priority"] = row.pop("claim_order"), item.tenant_id, item.priority
+    return row
+
+
 def _transition_name(to_status: QueueStatus, fenced: bool) -> str:
     return f"transition_{to_status.value}_{'fenced' if fenced else 'open'}"
 
 
 def _hot_statements(dialect: str) -> dict[str, tuple[sa.Executable, Sequence[str] | None, sa.Table | None]]:
     """The hot path's statements by name: (statement, column keys of its values, returned table)."""
+    fair = {"claim_order": st.queue_flow_order(dialect)}
     if dialect == "sqlite":  # executemany refuses RETURNING; inserted rows are counted instead
-        insert_queue: sa.Executable = sqlite.insert(queue).on_conflict_do_nothing(index_elements=["queue_id"])
+        insert_queue: sa.Executable = (
+            sqlite.insert(queue).values(fair).on_conflict_do_nothing(index_elements=["queue_id"])
+        )
         insert_runs: sa.Executable = sqlite.insert(runs).on_conflict_do_nothing(index_elements=["run_id"])
     else:
-        insert_queue, insert_runs = st.insert_if_absent(dialect, queue), st.insert_if_absent(dialect, runs)
+        insert_queue = st.insert_if_absent(dialect, queue).values(fair)
+        insert_runs = st.insert_if_absent(dialect, runs)
     by_ids = {
         name: sa.select(table).where(
             table.c[key] == sa.func.any(sa.bindparam("b_ids", type_=postgresql.ARRAY(sa.String)))
@@ -101,7 +115,7 @@ def _hot_statements(dialect: str) -> dict[str, tuple[sa.Executable, Sequence[str
         for name, (table, key) in _BY_KEY.items()
     }
     statements: dict[str, tuple[sa.Executable, Sequence[str] | None, sa.Table | None]] = {
-        "insert_queue": (insert_queue, QUEUE_COLUMNS, None),
+        "insert_queue": (insert_queue, _QUEUE_INSERT_KEYS, None),
         "insert_runs": (insert_runs, RUN_COLUMNS, None),
         "claim": (st.DIALECTS[dialect].claim, None, queue),
         "claimed_by_token": (st.CLAIMED_BY_TOKEN, None, queue),
@@ -289,7 +303,8 @@ class SqlAlchemyStorage:
                     for r in pg.fetch(conn, f"{table_key}_by_ids", {"b_ids": [r[key] for r in rest]})
                 }
                 return len(inserted) + sum(
-                    row[key] in stored and _holds(stored[row[key]], row, row.keys()) for row in rest
+                    row[key] in stored and _holds(stored[row[key]], row, [k for k in row if k[:2] != "b_"])
+                    for row in rest
                 )
             return len(inserted)
 
@@ -423,7 +438,10 @@ class SqlAlchemyStorage:
 
     # ------------------------------------------------------------------ queue
     async def insert_queue_items(self, items: Sequence[QueueItem]) -> int:
-        return await self._hot_insert("insert_queue_items", "queue", [queue_to_row(i) for i in items])
+        # In claim order, as BigQuery's MERGE ranks a batch: each item of a flow goes one slot
+        # behind the one before it (statements.queue_flow_order).
+        ordered = sorted(items, key=lambda i: (i.claim_order or 0.0, i.queue_id))
+        return await self._hot_insert("insert_queue_items", "queue", [_queue_insert_row(i) for i in ordered])
 
     async def get_queue_item(self, queue_id: str) -> QueueItem | None:
         row = await self._hot_get("get_queue_item", "get_item", queue_id)
@@ -456,7 +474,7 @@ class SqlAlchemyStorage:
 
             rows = await self._sessions.run_postgres("claim", claim)
         items = [queue_from_row(r) for r in rows]
-        items.sort(key=lambda i: (i.priority, i.created_at, i.queue_id))
+        items.sort(key=lambda i: (i.claim_order or 0.0, i.queue_id))  # the claim's order
         return items
 
     async def transition_queue_item(

@@ -14,13 +14,32 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 """The schema these tables describe; recorded in ``pipestate_schema_version`` by create_schema."""
 
 _WAITING_INDEX: Final = (
     "CREATE INDEX IF NOT EXISTS ix_queue_waiting ON x_meta_pipeline_queue "
     "(priority, created_at, queue_id) WHERE status = 'QUEUED'"
 )
+_FAIR_WAITING_INDEX: Final = (
+    "CREATE INDEX IF NOT EXISTS ix_queue_fair ON x_meta_pipeline_queue "
+    "(claim_order, queue_id) WHERE status = 'QUEUED'"
+)
+_SQLITE_CLAIM_INDEX: Final = (
+    "CREATE INDEX IF NOT EXISTS ix_queue_claim ON x_meta_pipeline_queue (status, claim_order, queue_id)"
+)
+_FLOW_INDEX: Final = (
+    "CREATE INDEX IF NOT EXISTS ix_queue_tenant_flow ON x_meta_pipeline_queue "
+    "(tenant_id, status, priority, claim_order)"
+)
+# Items enqueued before version 3 take their base claim order (enqueue time aged by priority,
+# see pipestate.domain.limits); 3600 is AGING_STEP_SECONDS.
+_FILL_CLAIM_ORDER: Final = {
+    "sqlite": "UPDATE x_meta_pipeline_queue SET claim_order = "
+    "(julianday(created_at) - 2440587.5) * 86400.0 + (priority - 1) * 3600.0 WHERE claim_order IS NULL",
+    "postgresql": "UPDATE x_meta_pipeline_queue SET claim_order = "
+    "EXTRACT(EPOCH FROM created_at) + (priority - 1) * 3600.0 WHERE claim_order IS NULL",
+}
 
 Upgrade = str | tuple[str, str]
 """A statement for every dialect, or ``(dialect name, statement)`` for one."""
@@ -33,6 +52,18 @@ UPGRADES: Final[Mapping[int, Sequence[Upgrade]]] = {
         ("postgresql", _WAITING_INDEX),
         "DROP INDEX IF EXISTS ix_runs_state_scheduled",
         "CREATE INDEX IF NOT EXISTS ix_runs_due ON x_meta_scheduled_runs (state, scheduled_time, run_id)",
+    ),
+    # 3: fair share and aging: claims go by claim_order (pipestate.domain.limits).
+    3: (
+        "ALTER TABLE x_meta_pipeline_queue ADD COLUMN claim_order FLOAT",
+        ("sqlite", _FILL_CLAIM_ORDER["sqlite"]),
+        ("postgresql", _FILL_CLAIM_ORDER["postgresql"]),
+        ("postgresql", "DROP INDEX IF EXISTS ix_queue_waiting"),
+        ("postgresql", _FAIR_WAITING_INDEX),
+        ("sqlite", "DROP INDEX IF EXISTS ix_queue_claim"),
+        ("sqlite", _SQLITE_CLAIM_INDEX),
+        "DROP INDEX IF EXISTS ix_queue_tenant_status",
+        _FLOW_INDEX,
     ),
 }
 """version -> the statements that take a database from ``version - 1`` to ``version``.
@@ -132,22 +163,23 @@ queue: Final = sa.Table(
     _ts("completed_at"),
     sa.Column("error_message", sa.Text, nullable=True),
     _ts("updated_at"),
-    # The claim query: WHERE status = 'QUEUED' ORDER BY priority, created_at, queue_id LIMIT n.
+    sa.Column("claim_order", sa.Float, nullable=True),
+    # The claim query: WHERE status = 'QUEUED' ORDER BY claim_order, queue_id LIMIT n.
     # On PostgreSQL partial: it holds only the waiting items, so it stays small whatever the history, and
     # both planners take it for the claim even on a table that was never analysed (PostgreSQL
     # otherwise guessed a handful of QUEUED rows and sorted all of them on every claim).
     # SQLite's planner, without statistics, prefers an equality index to a partial one, so
     # SQLite keeps the full (status, priority, created_at, queue_id) index.
     sa.Index(
-        "ix_queue_waiting",
-        "priority",
-        "created_at",
+        "ix_queue_fair",
+        "claim_order",
         "queue_id",
         postgresql_where=sa.text("status = 'QUEUED'"),
     ).ddl_if(dialect="postgresql"),
-    sa.Index("ix_queue_claim", "status", "priority", "created_at", "queue_id").ddl_if(dialect="sqlite"),
+    sa.Index("ix_queue_claim", "status", "claim_order", "queue_id").ddl_if(dialect="sqlite"),
     sa.Index("ix_queue_status_lease", "status", "lease_expires_at"),
-    sa.Index("ix_queue_tenant_status", "tenant_id", "status"),
+    # Counts by tenant and status, and the enqueue's look-up of its flow's last waiting item.
+    sa.Index("ix_queue_tenant_flow", "tenant_id", "status", "priority", "claim_order"),
     sa.Index("ix_queue_run", "run_id"),
 )
 

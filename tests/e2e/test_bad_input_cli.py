@@ -64,6 +64,7 @@ BAD_OPTIONS: dict[str, list[str]] = {
     ],
     "worker poll nan": ["worker", "--handler", "tests.e2e.handlers:record", "--poll", "nan"],
     "worker lease inf": ["worker", "--handler", "tests.e2e.handlers:record", "--lease", "inf"],
+    "worker timeout zero": ["worker", "--handler", "tests.e2e.handlers:record", "--timeout", "0"],
     "worker max items -3": ["worker", "--handler", "tests.e2e.handlers:record", "--max-items", "-3"],
     "worker concurrency 0": ["worker", "--handler", "tests.e2e.handlers:record", "--concurrency", "0"],
     "tick at year 9999": ["tick", "--now", "9999-12-31T23:59:00"],

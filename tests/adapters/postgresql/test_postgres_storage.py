@@ -14,6 +14,7 @@ from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
 from pipestate.adapters.sqlalchemy.statements import CLAIM_POSTGRES as _CLAIM_POSTGRES
 from pipestate.adapters.sqlalchemy.tables import SCHEMA_VERSION
 from pipestate.domain.errors import StorageError, StorageUnavailable
+from pipestate.domain.limits import base_claim_order
 from pipestate.domain.ports import Capability
 from pipestate.domain.queue import QueueItem, QueueStatus
 from tests.adapters.postgresql.conftest import PgTarget
@@ -55,7 +56,7 @@ async def test_batch_claim_takes_exactly_the_limit_by_priority_then_age_then_id(
         item("late-top", 1, T0 + timedelta(seconds=5)),
         item("top", 1, T0),
         item("b", 2, T0),
-        item("low", 9, T0 - timedelta(days=1)),
+        item("low", 9, T0 - timedelta(hours=1)),  # older, but within its aging bound (8 h)
     ]
     await pg_storage.insert_queue_items(items)
 
@@ -113,10 +114,11 @@ async def test_claim_and_status_queries_use_indexes_on_100k_rows(
     with admin.begin() as conn:  # 10% waiting, the rest done: a queue that has run for a while
         conn.exec_driver_sql(
             "INSERT INTO x_meta_pipeline_queue "
-            "(queue_id, tenant_id, config, priority, created_at, status, version, attempts) "
+            "(queue_id, tenant_id, config, priority, created_at, status, version, attempts, claim_order) "
             "SELECT 'q' || g, 't' || mod(g, 50), '{}'::jsonb, 1 + mod(g, 10), "
             "  timestamptz '2026-01-01' + g * interval '1 second', "
-            "  CASE WHEN mod(g, 10) = 0 THEN 'QUEUED' ELSE 'COMPLETED' END, 1, 0 "
+            "  CASE WHEN mod(g, 10) = 0 THEN 'QUEUED' ELSE 'COMPLETED' END, 1, 0, "
+            "  1767225600 + g + mod(g, 10) * 3600.0 "
             "FROM generate_series(1, 100000) AS g"
         )
         conn.exec_driver_sql(f"ANALYZE {QUEUE}")
@@ -133,7 +135,7 @@ async def test_claim_and_status_queries_use_indexes_on_100k_rows(
     print(f"claim plan:\n{claim}\nQUEUED count plan:\n{waiting}")
 
     assert "Seq Scan" not in claim
-    assert "ix_queue_waiting" in claim
+    assert "ix_queue_fair" in claim
     assert "Seq Scan" not in waiting
 
 
@@ -268,10 +270,11 @@ async def test_claim_on_a_never_analysed_table_with_a_backlog_uses_the_claim_ind
         conn.exec_driver_sql(f"ALTER TABLE {QUEUE} SET (autovacuum_enabled = false)")
         conn.exec_driver_sql(
             "INSERT INTO x_meta_pipeline_queue "
-            "(queue_id, tenant_id, config, priority, created_at, status, version, attempts) "
+            "(queue_id, tenant_id, config, priority, created_at, status, version, attempts, claim_order) "
             "SELECT 'q' || g, 't', '{}'::jsonb, 1 + mod(g, 10), "
             "  timestamptz '2026-01-01' + g * interval '1 second', "
-            "  CASE WHEN mod(g, 10) = 0 THEN 'QUEUED' ELSE 'COMPLETED' END, 1, 0 "
+            "  CASE WHEN mod(g, 10) = 0 THEN 'QUEUED' ELSE 'COMPLETED' END, 1, 0, "
+            "  1767225600 + g + mod(g, 10) * 3600.0 "
             "FROM generate_series(1, 100000) AS g"
         )
         analysed = conn.exec_driver_sql(
@@ -286,15 +289,17 @@ async def test_claim_on_a_never_analysed_table_with_a_backlog_uses_the_claim_ind
     )
 
     assert "Seq Scan" not in claim
-    assert "Index Scan using ix_queue_waiting" in claim
+    assert "Index Scan using ix_queue_fair" in claim
     assert "x_meta_pipeline_queue_pkey" in claim  # the update finds the picked rows by key
 
 
-async def test_a_version_1_database_is_upgraded_to_the_version_2_indexes(
+async def test_a_version_1_database_is_upgraded_to_the_version_2_and_3_indexes_and_claim_orders(
     pg_storage: SqlAlchemyStorage, admin: sa.Engine
 ) -> None:
     with admin.begin() as conn:  # what pipestate's schema version 1 created
-        conn.exec_driver_sql("DROP INDEX ix_queue_waiting")
+        conn.exec_driver_sql("DROP INDEX ix_queue_fair")
+        conn.exec_driver_sql("DROP INDEX ix_queue_tenant_flow")
+        conn.exec_driver_sql(f"ALTER TABLE {QUEUE} DROP COLUMN claim_order")
         conn.exec_driver_sql(
             f"CREATE INDEX ix_queue_claim ON {QUEUE} (status, priority, created_at, queue_id)"
         )
@@ -302,11 +307,17 @@ async def test_a_version_1_database_is_upgraded_to_the_version_2_indexes(
         conn.exec_driver_sql(
             "CREATE INDEX ix_runs_state_scheduled ON x_meta_scheduled_runs (state, scheduled_time)"
         )
+        conn.exec_driver_sql(f"CREATE INDEX ix_queue_tenant_status ON {QUEUE} (tenant_id, status)")
+        conn.exec_driver_sql(
+            "INSERT INTO x_meta_pipeline_queue "
+            "(queue_id, tenant_id, config, priority, created_at, status, version, attempts) "
+            "VALUES ('old', 't', '{}'::jsonb, 3, timestamptz '2026-03-01 12:00:00+00', 'QUEUED', 1, 0)"
+        )
         conn.exec_driver_sql("UPDATE pipestate_schema_version SET version = 1")
 
     await pg_storage.create_schema()
 
-    assert await pg_storage.schema_versions() == [1, 2]
+    assert await pg_storage.schema_versions() == [1, 2, 3]
     with admin.connect() as conn:
         indexes = set(
             conn.exec_driver_sql(
@@ -320,7 +331,10 @@ async def test_a_version_1_database_is_upgraded_to_the_version_2_indexes(
                 {"t": "x_meta_scheduled_runs"},
             ).scalars()
         )
-    assert "ix_queue_waiting" in indexes
-    assert "ix_queue_claim" not in indexes
     assert "ix_runs_due" in run_indexes
     assert "ix_runs_state_scheduled" not in run_indexes
+    assert {"ix_queue_fair", "ix_queue_tenant_flow"} <= indexes
+    assert not {"ix_queue_claim", "ix_queue_waiting", "ix_queue_tenant_status"} & indexes
+    old = await pg_storage.get_queue_item("old")
+    assert old is not None
+    assert old.claim_order == base_claim_order(datetime(2026, 3, 1, 12, tzinfo=UTC), 3)

@@ -32,9 +32,15 @@ async def fresh_file_with_backlog(path: Path, queued: int, done: int) -> None:
     with sqlite3.connect(path) as conn:
         conn.executemany(
             "INSERT INTO x_meta_pipeline_queue (queue_id, tenant_id, config, priority, created_at, status,"
-            " version, attempts) VALUES (?, 't', '{}', ?, ?, ?, 1, 0)",
+            " version, attempts, claim_order) VALUES (?, 't', '{}', ?, ?, ?, 1, 0, ?)",
             (
-                (f"q{n}", 1 + n % 10, f"2026-01-01 00:00:00.{n:06d}", "QUEUED" if n < queued else "COMPLETED")
+                (
+                    f"q{n}",
+                    1 + n % 10,
+                    f"2026-01-01 00:00:00.{n:06d}",
+                    "QUEUED" if n < queued else "COMPLETED",
+                    n / 1e6 + (n % 10) * 3600.0,
+                )
                 for n in range(queued + done)
             ),
         )
