@@ -59,5 +59,8 @@ def configure(verbosity: int, stream: TextIO | None = None) -> logging.Logger:
     added.setFormatter(ContextFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     added._pipestate_cli = True  # type: ignore[attr-defined]
     logger.addHandler(added)
-    logger.setLevel(logging.DEBUG if verbosity >= 2 else logging.INFO if verbosity == 1 else logging.WARNING)
+    level = logging.DEBUG if verbosity >= 2 else logging.INFO if verbosity == 1 else logging.WARNING
+    added.setLevel(level)
+    if verbosity > 0:  # without -v the logger keeps its level (a host's set-up stays in charge)
+        logger.setLevel(level)
     return logger
