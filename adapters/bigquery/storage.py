@@ -32,10 +32,12 @@ Job cost of every public method is in its docstring and in ``docs/bigquery.md``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
@@ -86,6 +88,35 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAXIMUM_BYTES_BILLED: Final = 10 * 1024**3
 """10 GiB per job. A DML statement bills at least 10 MB; the metadata tables stay far smaller."""
+
+DML_SLOTS_PER_TABLE: Final = 2
+"""Mutating DML statements (UPDATE, DELETE, MERGE) one storage keeps in flight per table: what
+BigQuery runs at once per table. More would only wait in BigQuery's queue of 20 (and past it fail
+with "Too many DML statements outstanding"); waiting here costs the same latency and no quota.
+The budget is per storage (per process): N processes on one dataset have up to 2N in flight per
+table, so keep N <= 11 per dataset (2 running + 20 queued), or shard (docs/bigquery.md)."""
+
+HOT_PATH_BYTE_CAPS: Final = {
+    operation: 1024**3
+    for operation in (
+        "claim_queue_items",
+        "get_run",
+        "get_runs",
+        "update_run",
+        "update_runs",
+        "get_queue_item",
+        "transition_queue_item",
+        "transition_queue_items",
+        "extend_queue_lease",
+        "extend_queue_leases",
+        "due_schedules",
+        "writer_lease",
+    )
+}
+"""Per-operation caps for a dataset whose hot tables hold only live rows (1 GiB: ~1M live rows
+of the runs table, a hundred times what 5,000 runs/hour keep live): pass as ``byte_caps`` once
+terminal rows are archived or expired (docs/bigquery.md, "Hot tables"). A hot-path job that would
+bill more is a loud, permanent :class:`BytesBilledLimitExceeded`, never retried."""
 
 DEFAULT_JOB_TIMEOUT: Final = 300.0
 """Seconds the adapter waits for one job (queued DML included) before cancelling it. Also sent as
@@ -242,6 +273,16 @@ def _newest(rows: Sequence[Any], key: str) -> list[Any]:
     return out
 
 
+_MUTATING: Final = frozenset({"UPDATE", "MERGE", "DELETE"})
+_MUTATED_RE: Final = re.compile(r"^\s*(?:UPDATE|MERGE|DELETE(?:\s+FROM)?)\s+`?([^`\s]+)`?", re.IGNORECASE)
+
+
+def _mutated_table(sql: str) -> str | None:
+    """The table a mutating statement changes (its last name part), or ``None``."""
+    match = _MUTATED_RE.match(sql)
+    return match.group(1).rsplit(".", 1)[-1] if match else None
+
+
 def _label(value: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "_", value.lower())[:63]
 
@@ -321,6 +362,10 @@ class BigQueryStorage:
             create a dataset without an explicit location.
         maximum_bytes_billed: cap on every job; a job that would bill more fails with
             :class:`BytesBilledLimitExceeded` (never retried).
+        byte_caps: per-operation caps (``{"get_run": 1 << 30, ...}``) that replace
+            ``maximum_bytes_billed`` for those operations (see :data:`HOT_PATH_BYTE_CAPS`).
+        dml_slots_per_table: mutating DML statements in flight per table (default
+            :data:`DML_SLOTS_PER_TABLE`); the others wait here, not in BigQuery's queue.
         labels: extra labels put on every job (``app`` and ``operation`` are always set).
         retry: bounds of the retry layer.
         job_timeout: seconds the adapter waits for one job (DML queueing included) before it
@@ -345,6 +390,8 @@ class BigQueryStorage:
         *,
         location: str | None = None,
         maximum_bytes_billed: int = DEFAULT_MAXIMUM_BYTES_BILLED,
+        byte_caps: Mapping[str, int] | None = None,
+        dml_slots_per_table: int = DML_SLOTS_PER_TABLE,
         labels: Mapping[str, str] | None = None,
         retry: RetrySettings = DEFAULT_RETRY_SETTINGS,
         job_timeout: float = DEFAULT_JOB_TIMEOUT,
@@ -352,7 +399,7 @@ class BigQueryStorage:
         cancel_wait: float = DEFAULT_CANCEL_WAIT,
         writer_lease_ttl: float | None = None,
         writer_lease_wait: float = DEFAULT_WRITER_LEASE_WAIT,
-        threads: int = 8,
+        threads: int = 16,
         max_rows_per_statement: int = MAX_ROWS_PER_STATEMENT,
         max_rows_per_read: int = MAX_ROWS_PER_READ,
     ) -> None:
@@ -368,8 +415,13 @@ class BigQueryStorage:
                     f"invalid BigQuery job label {key!r}={value!r}: a key starts with a lowercase letter; "
                     "keys and values hold at most 63 lowercase letters, digits, '_' or '-'"
                 )
-        if maximum_bytes_billed <= 0 or max_rows_per_statement <= 0:
-            raise StorageError("maximum_bytes_billed and max_rows_per_statement must be positive")
+        caps = dict(byte_caps or {})
+        if maximum_bytes_billed <= 0 or max_rows_per_statement <= 0 or dml_slots_per_table <= 0:
+            raise StorageError(
+                "maximum_bytes_billed, max_rows_per_statement and dml_slots_per_table must be positive"
+            )
+        if any(not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0 for cap in caps.values()):
+            raise StorageError(f"byte_caps must be positive integers, got {caps!r}")
         if min(job_timeout, request_timeout, cancel_wait, writer_lease_wait) <= 0:
             raise StorageError(
                 "job_timeout, request_timeout, cancel_wait and writer_lease_wait must be positive"
@@ -389,6 +441,12 @@ class BigQueryStorage:
         self._dataset = name
         self._location = location or getattr(client, "location", None)
         self._maximum_bytes_billed = maximum_bytes_billed
+        self._byte_caps = caps
+        self._dml_slots = dml_slots_per_table
+        self._dml_lock = threading.Lock()
+        self._dml_gates: dict[str, threading.BoundedSemaphore] = {}
+        self._dml_log: dict[str, collections.deque[float]] = {}
+        self._dml_total: collections.Counter[str] = collections.Counter()
         self._labels = {**(labels or {}), "app": "pipestate"}
         self._retry = retry
         self._job_timeout = job_timeout
@@ -483,8 +541,9 @@ class BigQueryStorage:
             verdict = classify(error)
             if verdict is ErrorClass.BYTE_CAP:
                 raise BytesBilledLimitExceeded(
-                    f"BigQuery {kind} would bill more than maximum_bytes_billed="
-                    f"{self._maximum_bytes_billed:,} bytes: {message}",
+                    f"BigQuery {kind} for {operation} would bill more than its cap of "
+                    f"{self._cap(operation):,} bytes (a table outgrew the hot-table design: archive or "
+                    f"expire terminal rows, or raise byte_caps[{operation!r}]): {message}",
                     **context,
                 ) from error
             kind_of = StorageUnavailable if verdict is not ErrorClass.PERMANENT else StorageError
@@ -505,7 +564,7 @@ class BigQueryStorage:
             config = bigquery.QueryJobConfig(
                 query_parameters=list(params),
                 labels={**self._labels, "operation": _label(operation)},
-                maximum_bytes_billed=self._maximum_bytes_billed,
+                maximum_bytes_billed=self._cap(operation),
                 use_legacy_sql=False,
                 job_timeout_ms=int(self._job_timeout * 1000),
             )
@@ -513,7 +572,45 @@ class BigQueryStorage:
             rows = self._wait(job)
             return _Result(rows, _affected(job), state.job_id, state.count)
 
-        return self._with_retries(operation, kind, attempt)
+        table = _mutated_table(sql) if kind in _MUTATING else None
+        if table is None:
+            return self._with_retries(operation, kind, attempt)
+        with self._dml_gate(table):
+            return self._with_retries(operation, kind, attempt)
+
+    def _cap(self, operation: str) -> int:
+        return self._byte_caps.get(operation, self._maximum_bytes_billed)
+
+    @contextlib.contextmanager
+    def _dml_gate(self, table: str) -> Iterator[None]:
+        """Hold one of the table's DML slots for the statement (all its attempts)."""
+        with self._dml_lock:
+            gate = self._dml_gates.get(table)
+            if gate is None:
+                gate = self._dml_gates[table] = threading.BoundedSemaphore(self._dml_slots)
+                self._dml_log[table] = collections.deque()
+        with gate:
+            with self._dml_lock:
+                self._dml_total[table] += 1
+                self._dml_log[table].append(time.monotonic())
+            yield
+
+    def dml_statements(self) -> dict[str, int]:
+        """Mutating DML statements sent so far by this storage, per table name."""
+        with self._dml_lock:
+            return dict(self._dml_total)
+
+    def dml_per_minute(self) -> dict[str, int]:
+        """Mutating DML statements this storage started in the last 60 s, per table name
+        (compare with what BigQuery commits per table: about 30/min at 2 s each, 2 at a time)."""
+        horizon = time.monotonic() - 60.0
+        with self._dml_lock:
+            out = {}
+            for table, started in self._dml_log.items():
+                while started and started[0] < horizon:
+                    started.popleft()
+                out[table] = len(started)
+            return out
 
     def _submit(self, sql: str, config: bigquery.QueryJobConfig, job_id: str) -> Any:
         """``jobs.insert``; when its answer is lost (5xx, timeout, connection), the job is looked up
@@ -983,11 +1080,11 @@ class BigQueryStorage:
         self, *, worker_id: str, claim_token: str, now: datetime, lease_expires_at: datetime, limit: int
     ) -> list[QueueItem]:
         """Jobs: 2 whatever ``limit`` is (an UPDATE stamping the batch, a SELECT reading it back
-        by token); 0 when ``limit`` < 1."""
+        by token); 1 when the queue is empty; 0 when ``limit`` < 1."""
         if limit < 1:
             return []
         stamp = [_scalar("token", "STRING", claim_token), _scalar("now", "TIMESTAMP", now)]
-        await self._query(
+        stamped = await self._query(
             "claim_queue_items",
             "UPDATE",
             self._sql.claim,
@@ -999,6 +1096,8 @@ class BigQueryStorage:
                 _scalar("limit", "INT64", limit),
             ],
         )
+        if stamped.affected == 0 and not stamped.uncertain:
+            return []  # an empty queue: no read-back (an idle poll costs one job)
         result = await self._query(
             "claim_queue_items", "SELECT", self._sql.claimed, [*stamp, _scalar("worker", "STRING", worker_id)]
         )
