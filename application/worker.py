@@ -202,6 +202,7 @@ class Worker:
         group_commit: coalesce the writes of the runs this worker holds (starts, heartbeats,
             completions) into one batch statement per table (see
             :mod:`~pipestate.application.group_commit`); ``False``: one statement per write.
+            A worker with ``concurrency=1`` never coalesces.
         batch_delay: seconds the first write of a batch waits for others (0: one event-loop turn).
         on_result: called with every :class:`WorkResult` (e.g. to print progress).
 
@@ -261,8 +262,9 @@ class Worker:
         self._heartbeat_interval = heartbeat
         self._on_result = on_result
         self._queue = QueueManager(storage, clock=self._clock, lease=lease)
-        self._writes = GroupCommit(storage, enabled=group_commit, max_delay=batch_delay)
-        self._group_commit = group_commit
+        # A worker that holds one run at a time has nothing to coalesce.
+        self._group_commit = group_commit and concurrency > 1
+        self._writes = GroupCommit(storage, enabled=self._group_commit, max_delay=batch_delay)
         self._beat_round: asyncio.Future[None] | None = None
         self._idle_wait = self._poll_interval
         self._stopping = asyncio.Event()
