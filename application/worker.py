@@ -511,9 +511,11 @@ class Worker:
         while lease.lost is None:
             stop = asyncio.ensure_future(lease.stopping.wait())
             beat_due = asyncio.ensure_future(self._next_beat())
-            await asyncio.wait({stop, beat_due}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            beat_due.cancel()
+            try:
+                await asyncio.wait({stop, beat_due}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                beat_due.cancel()
             if lease.stopping.is_set():
                 return
             assert lease.run is not None
