@@ -541,9 +541,9 @@ class BigQueryStorage:
             verdict = classify(error)
             if verdict is ErrorClass.BYTE_CAP:
                 raise BytesBilledLimitExceeded(
-                    f"BigQuery {kind} for {operation} would bill more than its cap of "
+                    f"BigQuery {kind} for {operation} would bill more than {self._cap_name(operation)}="
                     f"{self._cap(operation):,} bytes (a table outgrew the hot-table design: archive or "
-                    f"expire terminal rows, or raise byte_caps[{operation!r}]): {message}",
+                    f"expire terminal rows, or raise the cap): {message}",
                     **context,
                 ) from error
             kind_of = StorageUnavailable if verdict is not ErrorClass.PERMANENT else StorageError
@@ -577,6 +577,9 @@ class BigQueryStorage:
             return self._with_retries(operation, kind, attempt)
         with self._dml_gate(table):
             return self._with_retries(operation, kind, attempt)
+
+    def _cap_name(self, operation: str) -> str:
+        return f"byte_caps[{operation!r}]" if operation in self._byte_caps else "maximum_bytes_billed"
 
     def _cap(self, operation: str) -> int:
         return self._byte_caps.get(operation, self._maximum_bytes_billed)
