@@ -51,6 +51,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.application.group_commit import GroupCommit
 from pipestate.application.ids import new_id
 from pipestate.application.queue_manager import QueueManager
 from pipestate.application.scheduler import enqueue_pending
@@ -64,7 +65,13 @@ from pipestate.domain.errors import (
 from pipestate.domain.ports import Storage
 from pipestate.domain.queue import QueueItem, QueueStatus
 from pipestate.domain.run import PipelineRun, RunState
-from pipestate.domain.validation import optional_id, require_duration, require_int, require_seconds
+from pipestate.domain.validation import (
+    clean_text,
+    optional_id,
+    require_duration,
+    require_int,
+    require_seconds,
+)
 
 log = logging.getLogger("pipestate.worker")
 
@@ -198,6 +205,14 @@ class Worker:
         heartbeat_interval: seconds between heartbeats (default: a third of the lease); must be
             shorter than the lease.
         poll_interval: seconds to wait when the queue is empty (finite, > 0).
+        max_poll_interval: idle polling backs off: each empty poll doubles the wait, up to this
+            (default: ``poll_interval``, no back-off); the first claim that finds work resets it.
+            On BigQuery, 30-60 s keeps an idle worker at one job a poll.
+        group_commit: coalesce the writes of the runs this worker holds (starts, heartbeats,
+            completions) into one batch statement per table (see
+            :mod:`~pipestate.application.group_commit`); ``False``: one statement per write.
+            A worker with ``concurrency=1`` never coalesces.
+        batch_delay: seconds the first write of a batch waits for others (0: one event-loop turn).
         on_result: called with every :class:`WorkResult` (e.g. to print progress).
         timeout: execution timeout per run or item (``None``: none). A handler still running
             then is cancelled (a sync one sees ``context.cancelled``) and the run fails with
@@ -218,6 +233,9 @@ class Worker:
         lease: timedelta = DEFAULT_LEASE,
         heartbeat_interval: float | None = None,
         poll_interval: float = 1.0,
+        max_poll_interval: float | None = None,
+        group_commit: bool = True,
+        batch_delay: float = 0.0,
         on_result: Callable[[WorkResult], None] | None = None,
         timeout: timedelta | None = None,
     ) -> None:
@@ -238,6 +256,15 @@ class Worker:
                 )
         self._poll_interval = require_seconds("poll_interval", poll_interval)
         self._timeout = None if timeout is None else require_duration("timeout", timeout).total_seconds()
+        self._max_poll_interval = self._poll_interval
+        if max_poll_interval is not None:
+            self._max_poll_interval = require_seconds("max_poll_interval", max_poll_interval)
+            if self._max_poll_interval < self._poll_interval:
+                raise InvalidArgument(
+                    "max_poll_interval", max_poll_interval, "must be at least poll_interval"
+                )
+        if batch_delay != 0:
+            require_seconds("batch_delay", batch_delay)
         optional_id("worker_id", worker_id)
         self._handler = handler
         self._takes_context = _takes_context(handler)
@@ -249,6 +276,11 @@ class Worker:
         self._heartbeat_interval = heartbeat
         self._on_result = on_result
         self._queue = QueueManager(storage, clock=self._clock, lease=lease)
+        # A worker that holds one run at a time has nothing to coalesce.
+        self._group_commit = group_commit and concurrency > 1
+        self._writes = GroupCommit(storage, enabled=self._group_commit, max_delay=batch_delay)
+        self._beat_round: asyncio.Future[None] | None = None
+        self._idle_wait = self._poll_interval
         self._stopping = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pipestate-handler")
         self.processed = 0
@@ -256,6 +288,17 @@ class Worker:
     @property
     def worker_id(self) -> str:
         return self._worker_id
+
+    @property
+    def idle_wait(self) -> float:
+        """Seconds the worker waits before polling again while the queue stays empty (backed off
+        from ``poll_interval`` up to ``max_poll_interval``)."""
+        return self._idle_wait
+
+    @property
+    def write_statements(self) -> int:
+        """Batched writes sent so far (see :class:`~pipestate.application.group_commit.GroupCommit`)."""
+        return self._writes.statements
 
     @property
     def stopping(self) -> bool:
@@ -296,6 +339,9 @@ class Worker:
                 if free > 0:
                     items = await self._claim(free)
                     claimed += len(items)
+                    self._idle_wait = (
+                        self._poll_interval if items else min(self._idle_wait * 2, self._max_poll_interval)
+                    )
                     active.update(asyncio.create_task(self._process(item)) for item in items)
                 if max_items is not None and claimed >= max_items:
                     break
@@ -304,7 +350,9 @@ class Worker:
                 if not items and not active and exit_when_idle:
                     break
                 done, _ = await asyncio.wait(
-                    {*active, stop_waiter}, timeout=self._poll_interval, return_when=asyncio.FIRST_COMPLETED
+                    {*active, stop_waiter},
+                    timeout=self._wait_before_poll(free),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 active -= done
             if active:
@@ -312,6 +360,11 @@ class Worker:
         finally:
             stop_waiter.cancel()
         return self.processed
+
+    def _wait_before_poll(self, free: int) -> float:
+        """The pause before the next claim: backed off while the queue stays empty; the plain
+        interval while the worker is full (a finishing item wakes it anyway)."""
+        return self._idle_wait if free > 0 else self._poll_interval
 
     async def _claim(self, limit: int) -> list[QueueItem]:
         try:
@@ -353,16 +406,16 @@ class Worker:
         if error is not None:
             message = _describe(error)
             await self._finish_write(
-                lease, lambda: self._queue.mark_failed(item.queue_id, message, claim_token=token)
+                lease, lambda: self._finish_item(item, token, QueueStatus.FAILED, message)
             )
             return self._result(item, None, Outcome.FAILED, error=error)
-        await self._finish_write(lease, lambda: self._queue.mark_completed(item.queue_id, claim_token=token))
+        await self._finish_write(lease, lambda: self._finish_item(item, token, QueueStatus.COMPLETED))
         return self._result(item, None, Outcome.COMPLETED)
 
     async def _process_run(self, item: QueueItem) -> WorkResult:
         assert item.run_id is not None and item.claim_token is not None
         token = item.claim_token
-        run = await self._storage.get_run(item.run_id)
+        run = await self._writes.get_run(item.run_id)
         if run is None:
             await self._queue.mark_failed(item.queue_id, f"run {item.run_id} not found", claim_token=token)
             return self._result(item, None, Outcome.NOT_RUNNABLE)
@@ -446,7 +499,7 @@ class Worker:
             lease_expires_at=now + self._lease,
             pipeline_logging_id=new_id(),
         )
-        return await self._storage.update_run(run, expected)
+        return await self._writes.update_run(run, expected)
 
     async def _not_runnable(self, item: QueueItem, token: str) -> WorkResult:
         assert item.run_id is not None
@@ -478,8 +531,14 @@ class Worker:
         """Extend the run's lease every interval; lose it when another writer took the run or
         when the lease ran out before a renewal got through."""
         while lease.lost is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lease.stopping.wait(), self._heartbeat_interval)
+            stop = asyncio.ensure_future(lease.stopping.wait())
+            beat_due = asyncio.ensure_future(self._next_beat())
+            try:
+                await asyncio.wait({stop, beat_due}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                beat_due.cancel()
+            if lease.stopping.is_set():
                 return
             assert lease.run is not None
             now = self._clock.now()
@@ -491,7 +550,7 @@ class Worker:
             expected = beat.version
             try:
                 beat.heartbeat(now, claim_token=token, lease_expires_at=until)
-                if not await self._storage.update_run(beat, expected):
+                if not await self._writes.update_run(beat, expected):
                     raise StaleClaim(beat.run_id, token)
             except StaleClaim:
                 lease.lose("the run was taken back (its lease expired and it was reclaimed)")
@@ -502,6 +561,21 @@ class Worker:
             lease.run = beat
             lease.expires_at = until
 
+    async def _next_beat(self) -> None:
+        """Wait for the next heartbeat. With group commit the beats of every held run join
+        rounds: the first waiter of a round fires it one interval later, and everyone waiting by
+        then beats with it, so one statement per table renews them all (a beat may come early,
+        never late). Without, every lease waits its own interval."""
+        if not self._group_commit:
+            await asyncio.sleep(self._heartbeat_interval)
+            return
+        round_ = self._beat_round
+        loop = asyncio.get_running_loop()
+        if round_ is None or round_.done() or round_.get_loop() is not loop:
+            round_ = self._beat_round = loop.create_future()
+            loop.call_later(self._heartbeat_interval, _fire, round_)
+        await asyncio.shield(round_)
+
     async def _keep_item(self, lease: _Lease, item: QueueItem, token: str) -> None:
         """Extend the queue item's lease every interval, independently of the run's heartbeat.
 
@@ -510,14 +584,14 @@ class Worker:
         running run; the run itself is untouched)."""
         runless = lease.run is None
         while lease.lost is None:
-            await asyncio.sleep(self._heartbeat_interval)
+            await self._next_beat()
             now = self._clock.now()
             if runless and now >= lease.expires_at:
                 lease.lose(f"item lease ran out at {lease.expires_at} before it could be renewed")
                 return
             until = now + self._lease
             try:
-                held = await self._storage.extend_queue_lease(
+                held = await self._writes.extend_queue_lease(
                     item.queue_id, claim_token=token, lease_expires_at=until
                 )
             except PipestateError as exc:
@@ -581,10 +655,10 @@ class Worker:
                 run = lease.run.copy()
                 expected = run.version
                 apply(run)
-                if await self._storage.update_run(run, expected):
+                if await self._writes.update_run(run, expected):
                     written = run
                     return True
-                stored = await self._storage.get_run(run.run_id)
+                stored = await self._writes.get_run(run.run_id)
                 if stored is not None and stored.state is RunState.RUNNING and stored.claim_token == token:
                     lease.run = stored
                     continue
@@ -602,7 +676,7 @@ class Worker:
         run = await self._write_run(lease, token, lambda r: r.complete(now, claim_token=token))
         if run is None:
             return await self._lost(item, lease.run, token, "the run changed under its claim")
-        await self._finish_write(lease, lambda: self._queue.mark_completed(item.queue_id, claim_token=token))
+        await self._finish_write(lease, lambda: self._finish_item(item, token, QueueStatus.COMPLETED))
         return self._result(item, run, Outcome.COMPLETED, finished_at=now)
 
     async def _fail(self, item: QueueItem, lease: _Lease, token: str, error: Exception) -> WorkResult:
@@ -624,13 +698,23 @@ class Worker:
             return await self._lost(item, lease.run, token, "the run changed under its claim")
         retry_at = run.scheduled_time if run.state is not RunState.FAILED else None
         message = _describe(error)
-        await self._finish_write(
-            lease, lambda: self._queue.mark_failed(item.queue_id, message, claim_token=token)
-        )
+        await self._finish_write(lease, lambda: self._finish_item(item, token, QueueStatus.FAILED, message))
         if run.state is RunState.PENDING:
             await enqueue_pending(self._storage, [run], now)
         outcome = Outcome.RETRY_SCHEDULED if retry_at is not None else Outcome.FAILED
         return self._result(item, run, outcome, error=error, retry_at=retry_at, finished_at=now)
+
+    async def _finish_item(
+        self, item: QueueItem, token: str, to_status: QueueStatus, error: str | None = None
+    ) -> bool:
+        """PROCESSING -> ``to_status`` under this worker's claim, coalesced with the others."""
+        return await self._writes.finish_queue_item(
+            item.queue_id,
+            claim_token=token,
+            to_status=to_status,
+            now=self._clock.now(),
+            error_message=clean_text(error) if error is not None else None,
+        )
 
     async def _lost(self, item: QueueItem, run: PipelineRun, token: str, reason: str) -> WorkResult:
         log.warning("worker %s: run %s: %s; result dropped", self._worker_id, run.run_id, reason)
@@ -698,6 +782,11 @@ def _fail_and_retry(
         run.__dict__.update(snapshot.__dict__)
         run.next_retry_at = None
         run.error_message = f"{run.error_message} (not retried: {exc})"
+
+
+def _fire(round_: asyncio.Future[None]) -> None:
+    if not round_.done():
+        round_.set_result(None)
 
 
 def _same_write(stored: PipelineRun, mine: PipelineRun) -> bool:

@@ -6,6 +6,8 @@ the public ``Worker``; the baseline runs the same compiled statements (the adapt
 row mapping, the same domain transitions) in a plain synchronous loop on one raw driver
 connection: no event loop, no threads, no retries. Both run in the same run on fresh stores
 holding the same PENDING runs, so the ratio does not depend on the machine. Target: >= 0.6x.
+The last columns run the Worker with ``group_commit=False`` (one statement per run and step):
+the gain of group commit in the same run.
 
     python bench/worker.py [--runs 2000] [--concurrency 1 10] [--backends sqlite postgresql]
 """
@@ -69,10 +71,14 @@ async def fill(storage: SqlAlchemyStorage, count: int) -> None:
     await storage.insert_queue_items([queue_item_for(r, T0) for r in runs])
 
 
-async def ours(target: tuple[str, dict[str, Any]], count: int, concurrency: int) -> float:
+async def ours(
+    target: tuple[str, dict[str, Any]], count: int, concurrency: int, group_commit: bool = True
+) -> float:
     storage = SqlAlchemyStorage.from_url(target[0], **target[1])
     await fill(storage, count)
-    worker = Worker(noop, storage, concurrency=concurrency, worker_id="w", poll_interval=0.01)
+    worker = Worker(
+        noop, storage, concurrency=concurrency, worker_id="w", poll_interval=0.01, group_commit=group_commit
+    )
     started = time.perf_counter()
     done = await worker.run(exit_when_idle=True)
     elapsed = time.perf_counter() - started
@@ -186,13 +192,16 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, cpus {os.cpu_count()}")
     print(
         f"{'backend':>10} {'concurrency':>11} | {'hand loop runs/s':>16} | {'Worker runs/s':>13}"
-        f" | {'ratio':>6}"
+        f" | {'ratio':>6} | {'no group commit':>15} | {'gain':>5}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends:
             for concurrency in args.concurrency:
-                raws, ourss = [], []
+                raws, ourss, singles = [], [], []
                 for _ in range(args.repeat):
+                    store = new_store(backend, Path(tmp), args.url)
+                    singles.append(asyncio.run(ours(store, args.runs, concurrency, False)))
+                    drop(store)
                     store = new_store(backend, Path(tmp), args.url)
                     raws.append(asyncio.run(raw(backend, store, args.runs, concurrency)))
                     drop(store)
@@ -200,7 +209,11 @@ def main() -> None:
                     ourss.append(asyncio.run(ours(store, args.runs, concurrency)))
                     drop(store)
                 r, o = statistics.median(raws), statistics.median(ourss)
-                print(f"{backend:>10} {concurrency:>11} | {r:>16,.0f} | {o:>13,.0f} | {o / r:>5.2f}x")
+                n = statistics.median(singles)
+                print(
+                    f"{backend:>10} {concurrency:>11} | {r:>16,.0f} | {o:>13,.0f} | {o / r:>5.2f}x"
+                    f" | {n:>15,.0f} | {o / n:>4.2f}x"
+                )
 
 
 if __name__ == "__main__":

@@ -154,6 +154,28 @@ class QueueRepository(Protocol):
         """Move a PROCESSING item's lease to ``lease_expires_at`` if ``claim_token`` still holds it."""
         ...
 
+    async def extend_queue_leases(
+        self, leases: Sequence[tuple[str, str]], *, lease_expires_at: datetime
+    ) -> int:
+        """:meth:`extend_queue_lease` for many ``(queue_id, claim_token)`` pairs in one statement
+        (one transaction); returns how many were still held and extended. A repeated queue_id
+        is written once (with its last pair)."""
+        ...
+
+    async def transition_queue_items(
+        self,
+        items: Sequence[tuple[str, str]],
+        *,
+        from_status: QueueStatus,
+        to_status: QueueStatus,
+        now: datetime,
+        error_message: str | None = None,
+    ) -> int:
+        """:meth:`transition_queue_item`, fenced, for many ``(queue_id, claim_token)`` pairs in one
+        statement (one transaction); returns how many moved. A repeated queue_id is written once (with its
+        last pair)."""
+        ...
+
     async def find_queue_items(
         self,
         *,

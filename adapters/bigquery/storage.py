@@ -32,10 +32,12 @@ Job cost of every public method is in its docstring and in ``docs/bigquery.md``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
@@ -88,6 +90,35 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAXIMUM_BYTES_BILLED: Final = 10 * 1024**3
 """10 GiB per job. A DML statement bills at least 10 MB; the metadata tables stay far smaller."""
+
+DML_SLOTS_PER_TABLE: Final = 2
+"""Mutating DML statements (UPDATE, DELETE, MERGE) one storage keeps in flight per table: what
+BigQuery runs at once per table. More would only wait in BigQuery's queue of 20 (and past it fail
+with "Too many DML statements outstanding"); waiting here costs the same latency and no quota.
+The budget is per storage (per process): N processes on one dataset have up to 2N in flight per
+table, so keep N <= 11 per dataset (2 running + 20 queued), or shard (docs/bigquery.md)."""
+
+HOT_PATH_BYTE_CAPS: Final = {
+    operation: 1024**3
+    for operation in (
+        "claim_queue_items",
+        "get_run",
+        "get_runs",
+        "update_run",
+        "update_runs",
+        "get_queue_item",
+        "transition_queue_item",
+        "transition_queue_items",
+        "extend_queue_lease",
+        "extend_queue_leases",
+        "due_schedules",
+        "writer_lease",
+    )
+}
+"""Per-operation caps for a dataset whose hot tables hold only live rows (1 GiB: ~1M live rows
+of the runs table, a hundred times what 5,000 runs/hour keep live): pass as ``byte_caps`` once
+terminal rows are archived or expired (docs/bigquery.md, "Hot tables"). A hot-path job that would
+bill more is a loud, permanent :class:`BytesBilledLimitExceeded`, never retried."""
 
 DEFAULT_JOB_TIMEOUT: Final = 300.0
 """Seconds the adapter waits for one job (queued DML included) before cancelling it. Also sent as
@@ -244,6 +275,16 @@ def _newest(rows: Sequence[Any], key: str) -> list[Any]:
     return out
 
 
+_MUTATING: Final = frozenset({"UPDATE", "MERGE", "DELETE"})
+_MUTATED_RE: Final = re.compile(r"^\s*(?:UPDATE|MERGE|DELETE(?:\s+FROM)?)\s+`?([^`\s]+)`?", re.IGNORECASE)
+
+
+def _mutated_table(sql: str) -> str | None:
+    """The table a mutating statement changes (its last name part), or ``None``."""
+    match = _MUTATED_RE.match(sql)
+    return match.group(1).rsplit(".", 1)[-1] if match else None
+
+
 def _label(value: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "_", value.lower())[:63]
 
@@ -323,6 +364,10 @@ class BigQueryStorage:
             create a dataset without an explicit location.
         maximum_bytes_billed: cap on every job; a job that would bill more fails with
             :class:`BytesBilledLimitExceeded` (never retried).
+        byte_caps: per-operation caps (``{"get_run": 1 << 30, ...}``) that replace
+            ``maximum_bytes_billed`` for those operations (see :data:`HOT_PATH_BYTE_CAPS`).
+        dml_slots_per_table: mutating DML statements in flight per table (default
+            :data:`DML_SLOTS_PER_TABLE`); the others wait here, not in BigQuery's queue.
         labels: extra labels put on every job (``app`` and ``operation`` are always set).
         retry: bounds of the retry layer.
         job_timeout: seconds the adapter waits for one job (DML queueing included) before it
@@ -347,6 +392,8 @@ class BigQueryStorage:
         *,
         location: str | None = None,
         maximum_bytes_billed: int = DEFAULT_MAXIMUM_BYTES_BILLED,
+        byte_caps: Mapping[str, int] | None = None,
+        dml_slots_per_table: int = DML_SLOTS_PER_TABLE,
         labels: Mapping[str, str] | None = None,
         retry: RetrySettings = DEFAULT_RETRY_SETTINGS,
         job_timeout: float = DEFAULT_JOB_TIMEOUT,
@@ -354,7 +401,7 @@ class BigQueryStorage:
         cancel_wait: float = DEFAULT_CANCEL_WAIT,
         writer_lease_ttl: float | None = None,
         writer_lease_wait: float = DEFAULT_WRITER_LEASE_WAIT,
-        threads: int = 8,
+        threads: int = 16,
         max_rows_per_statement: int = MAX_ROWS_PER_STATEMENT,
         max_rows_per_read: int = MAX_ROWS_PER_READ,
     ) -> None:
@@ -370,8 +417,13 @@ class BigQueryStorage:
                     f"invalid BigQuery job label {key!r}={value!r}: a key starts with a lowercase letter; "
                     "keys and values hold at most 63 lowercase letters, digits, '_' or '-'"
                 )
-        if maximum_bytes_billed <= 0 or max_rows_per_statement <= 0:
-            raise StorageError("maximum_bytes_billed and max_rows_per_statement must be positive")
+        caps = dict(byte_caps or {})
+        if maximum_bytes_billed <= 0 or max_rows_per_statement <= 0 or dml_slots_per_table <= 0:
+            raise StorageError(
+                "maximum_bytes_billed, max_rows_per_statement and dml_slots_per_table must be positive"
+            )
+        if any(not isinstance(cap, int) or isinstance(cap, bool) or cap <= 0 for cap in caps.values()):
+            raise StorageError(f"byte_caps must be positive integers, got {caps!r}")
         if min(job_timeout, request_timeout, cancel_wait, writer_lease_wait) <= 0:
             raise StorageError(
                 "job_timeout, request_timeout, cancel_wait and writer_lease_wait must be positive"
@@ -391,6 +443,12 @@ class BigQueryStorage:
         self._dataset = name
         self._location = location or getattr(client, "location", None)
         self._maximum_bytes_billed = maximum_bytes_billed
+        self._byte_caps = caps
+        self._dml_slots = dml_slots_per_table
+        self._dml_lock = threading.Lock()
+        self._dml_gates: dict[str, threading.BoundedSemaphore] = {}
+        self._dml_log: dict[str, collections.deque[float]] = {}
+        self._dml_total: collections.Counter[str] = collections.Counter()
         self._labels = {**(labels or {}), "app": "pipestate"}
         self._retry = retry
         self._job_timeout = job_timeout
@@ -485,8 +543,9 @@ class BigQueryStorage:
             verdict = classify(error)
             if verdict is ErrorClass.BYTE_CAP:
                 raise BytesBilledLimitExceeded(
-                    f"BigQuery {kind} would bill more than maximum_bytes_billed="
-                    f"{self._maximum_bytes_billed:,} bytes: {message}",
+                    f"BigQuery {kind} for {operation} would bill more than {self._cap_name(operation)}="
+                    f"{self._cap(operation):,} bytes (a table outgrew the hot-table design: archive or "
+                    f"expire terminal rows, or raise the cap): {message}",
                     **context,
                 ) from error
             kind_of = StorageUnavailable if verdict is not ErrorClass.PERMANENT else StorageError
@@ -507,7 +566,7 @@ class BigQueryStorage:
             config = bigquery.QueryJobConfig(
                 query_parameters=list(params),
                 labels={**self._labels, "operation": _label(operation)},
-                maximum_bytes_billed=self._maximum_bytes_billed,
+                maximum_bytes_billed=self._cap(operation),
                 use_legacy_sql=False,
                 job_timeout_ms=int(self._job_timeout * 1000),
             )
@@ -515,7 +574,48 @@ class BigQueryStorage:
             rows = self._wait(job)
             return _Result(rows, _affected(job), state.job_id, state.count)
 
-        return self._with_retries(operation, kind, attempt)
+        table = _mutated_table(sql) if kind in _MUTATING else None
+        if table is None:
+            return self._with_retries(operation, kind, attempt)
+        with self._dml_gate(table):
+            return self._with_retries(operation, kind, attempt)
+
+    def _cap_name(self, operation: str) -> str:
+        return f"byte_caps[{operation!r}]" if operation in self._byte_caps else "maximum_bytes_billed"
+
+    def _cap(self, operation: str) -> int:
+        return self._byte_caps.get(operation, self._maximum_bytes_billed)
+
+    @contextlib.contextmanager
+    def _dml_gate(self, table: str) -> Iterator[None]:
+        """Hold one of the table's DML slots for the statement (all its attempts)."""
+        with self._dml_lock:
+            gate = self._dml_gates.get(table)
+            if gate is None:
+                gate = self._dml_gates[table] = threading.BoundedSemaphore(self._dml_slots)
+                self._dml_log[table] = collections.deque()
+        with gate:
+            with self._dml_lock:
+                self._dml_total[table] += 1
+                self._dml_log[table].append(time.monotonic())
+            yield
+
+    def dml_statements(self) -> dict[str, int]:
+        """Mutating DML statements sent so far by this storage, per table name."""
+        with self._dml_lock:
+            return dict(self._dml_total)
+
+    def dml_per_minute(self) -> dict[str, int]:
+        """Mutating DML statements this storage started in the last 60 s, per table name
+        (compare with what BigQuery commits per table: about 30/min at 2 s each, 2 at a time)."""
+        horizon = time.monotonic() - 60.0
+        with self._dml_lock:
+            out = {}
+            for table, started in self._dml_log.items():
+                while started and started[0] < horizon:
+                    started.popleft()
+                out[table] = len(started)
+            return out
 
     def _submit(self, sql: str, config: bigquery.QueryJobConfig, job_id: str) -> Any:
         """``jobs.insert``; when its answer is lost (5xx, timeout, connection), the job is looked up
@@ -985,11 +1085,11 @@ class BigQueryStorage:
         self, *, worker_id: str, claim_token: str, now: datetime, lease_expires_at: datetime, limit: int
     ) -> list[QueueItem]:
         """Jobs: 2 whatever ``limit`` is (an UPDATE stamping the batch, a SELECT reading it back
-        by token); 0 when ``limit`` < 1."""
+        by token); 1 when the queue is empty; 0 when ``limit`` < 1."""
         if limit < 1:
             return []
         stamp = [_scalar("token", "STRING", claim_token), _scalar("now", "TIMESTAMP", now)]
-        await self._query(
+        stamped = await self._query(
             "claim_queue_items",
             "UPDATE",
             self._sql.claim,
@@ -1001,6 +1101,8 @@ class BigQueryStorage:
                 _scalar("limit", "INT64", limit),
             ],
         )
+        if stamped.affected == 0 and not stamped.uncertain:
+            return []  # an empty queue: no read-back (an idle poll costs one job)
         result = await self._query(
             "claim_queue_items", "SELECT", self._sql.claimed, [*stamp, _scalar("worker", "STRING", worker_id)]
         )
@@ -1068,6 +1170,86 @@ class BigQueryStorage:
             and item.lease_expires_at is not None
             and item.lease_expires_at >= utc(lease_expires_at)  # type: ignore[operator]
         )
+
+    async def extend_queue_leases(
+        self, leases: Sequence[tuple[str, str]], *, lease_expires_at: datetime
+    ) -> int:
+        """Jobs: 1 per 1,000 pairs (0 for none); +1 read-back per item of a retried statement."""
+        lease = utc(lease_expires_at)
+
+        def holds(item: QueueItem, token: str) -> bool:
+            return (
+                item.status is QueueStatus.PROCESSING
+                and item.claim_token == token
+                and item.lease_expires_at is not None
+                and item.lease_expires_at >= lease  # type: ignore[operator]
+            )
+
+        return await self._queue_batch(
+            "extend_queue_leases",
+            self._sql.extend_leases,
+            leases,
+            [
+                ("b_lease", "TIMESTAMP", lease_expires_at),
+                ("b_sent", "TIMESTAMP", self._wallclock()),
+            ],
+            holds,
+        )
+
+    async def transition_queue_items(
+        self,
+        items: Sequence[tuple[str, str]],
+        *,
+        from_status: QueueStatus,
+        to_status: QueueStatus,
+        now: datetime,
+        error_message: str | None = None,
+    ) -> int:
+        """Jobs: 1 per 1,000 pairs (0 for none); +1 read-back per item of a retried statement."""
+        values: list[tuple[str, str, Any]] = [
+            ("b_from", "STRING", from_status.value),
+            ("b_to", "STRING", to_status.value),
+            ("b_now", "TIMESTAMP", now),
+        ]
+        if to_status is QueueStatus.FAILED:
+            values.append(("b_error", "STRING", error_message))
+
+        def holds(item: QueueItem, token: str) -> bool:
+            return item.status is to_status and item.updated_at == utc(now) and item.claim_token == token
+
+        return await self._queue_batch(
+            "transition_queue_items", self._sql.transitions_batch(to_status), items, values, holds
+        )
+
+    async def _queue_batch(
+        self,
+        operation: str,
+        sql: str,
+        pairs: Sequence[tuple[str, str]],
+        values: list[tuple[str, str, Any]],
+        holds: Callable[[QueueItem, str], bool],
+    ) -> int:
+        """One fenced UPDATE per chunk of ``(queue_id, claim_token)`` pairs (a repeated id once),
+        every row carrying ``values`` too."""
+        common = {name: value for name, _, value in values}
+        rows = [{"b_id": q, "b_token": t, **common} for q, t in dict(pairs).items()]
+        applied = 0
+        extra: _Extra = (("b_id", "STRING"), ("b_token", "STRING"), *((n, t) for n, t, _ in values))
+        for chunk in _chunks(rows, self._max_rows, MAX_PARAMETER_BYTES_PER_STATEMENT):
+            result = await self._query(
+                operation, "UPDATE", sql, [_struct_array(self._queue_spec, chunk, (), extra)]
+            )
+            if result.affected is not None and result.affected > len(chunk):
+                raise DuplicateRows(
+                    schemas.QUEUE, "queue_id", result.affected - len(chunk) + 1, operation=operation
+                )
+            if result.uncertain:
+                for row in chunk:
+                    item = await self._get_item(operation, row["b_id"])
+                    applied += item is not None and holds(item, row["b_token"])
+            else:
+                applied += result.affected or 0
+        return applied
 
     async def find_queue_items(
         self,
@@ -1273,6 +1455,12 @@ def _run_conditions(criteria: RunFilter) -> tuple[str, list[Any]]:
     return _where(conditions), params
 
 
+def _pairs(*fields: str) -> str:
+    """The ``@rows`` of a fenced batch write on the queue table: ``(b_id, b_token, *fields)``."""
+    names = ", ".join(f"u.`{f}`" for f in ("b_id", "b_token", *fields))
+    return f"(SELECT {names} FROM UNNEST(@rows) AS u) AS s"
+
+
 class _Statements:
     """The fixed statements of one dataset, built once.
 
@@ -1356,6 +1544,17 @@ class _Statements:
             "`version` = `version` + IF(`lease_expires_at` >= @lease, 0, 1) "
             f"WHERE `queue_id` = @id AND `status` = '{_PROCESSING}' AND `claim_token` = @token"
         )
+        # The emulator binds scalar parameters before an UNNEST wrongly: every value of a batch
+        # write on the queue table travels in its rows.
+        batch_served = served.replace("@lease", "s.`b_lease`").replace("@sent", "s.`b_sent`")
+        self.extend_leases = (
+            f"UPDATE {q} AS t SET `lease_expires_at` = {batch_served}, "
+            "`version` = t.`version` + IF(t.`lease_expires_at` >= s.`b_lease`, 0, 1) "
+            f"FROM {_pairs('b_lease', 'b_sent')} "
+            f"WHERE t.`queue_id` = s.`b_id` AND t.`status` = '{_PROCESSING}' "
+            "AND t.`claim_token` = s.`b_token`"
+        )
+        self._batch_transitions = {status: self._transition_batch(q, status) for status in QueueStatus}
         # Every figure in one job, without a window over the whole history: p95 from
         # APPROX_QUANTILES (exact for up to a few thousand values, bounded memory beyond).
         # `ts`, not `at`: AT is a reserved keyword in GoogleSQL (the emulator accepts it).
@@ -1400,6 +1599,23 @@ class _Statements:
         if fenced:
             where += " AND `claim_token` = @token"
         return f"UPDATE {table} SET {', '.join(sets)} WHERE {where}"
+
+    @classmethod
+    def _transition_batch(cls, table: str, to_status: QueueStatus) -> str:
+        """The fenced transition for many ``(b_id, b_token, b_from, b_to, b_now[, b_error])`` rows."""
+        single = cls._transition(table, to_status, True)
+        sets = single.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
+        sets = sets.replace("`version` = `version` + 1", "`version` = t.`version` + 1")
+        for name in ("to", "now", "error"):
+            sets = sets.replace(f"@{name}", f"s.`b_{name}`")
+        fields = ("b_from", "b_to", "b_now", *(("b_error",) if to_status is QueueStatus.FAILED else ()))
+        return (
+            f"UPDATE {table} AS t SET {sets} FROM {_pairs(*fields)} "
+            "WHERE t.`queue_id` = s.`b_id` AND t.`status` = s.`b_from` AND t.`claim_token` = s.`b_token`"
+        )
+
+    def transitions_batch(self, to_status: QueueStatus) -> str:
+        return self._batch_transitions[to_status]
 
     def transition(self, to_status: QueueStatus, fenced: bool) -> str:
         return self._transitions[(to_status, fenced)]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -540,6 +540,71 @@ class SqlAlchemyStorage:
             )
 
         return await self._sessions.run_postgres("extend_queue_lease", extend)
+
+    async def extend_queue_leases(
+        self, leases: Sequence[tuple[str, str]], *, lease_expires_at: datetime
+    ) -> int:
+        batch = [{"b_id": q, "b_token": t, "b_lease": lease_expires_at} for q, t in dict(leases).items()]
+        return await self._queue_many(
+            "extend_queue_leases",
+            "extend_lease",
+            batch,
+            lambda row: (
+                row["status"] == QueueStatus.PROCESSING.value and row["lease_expires_at"] == lease_expires_at
+            ),
+        )
+
+    async def transition_queue_items(
+        self,
+        items: Sequence[tuple[str, str]],
+        *,
+        from_status: QueueStatus,
+        to_status: QueueStatus,
+        now: datetime,
+        error_message: str | None = None,
+    ) -> int:
+        batch: list[dict[str, Any]] = []
+        for queue_id, token in dict(items).items():
+            params: dict[str, Any] = {"b_id": queue_id, "b_from": from_status.value, "b_now": now}
+            params["b_token"] = token
+            if to_status is QueueStatus.FAILED:
+                params["b_error"] = error_message
+            batch.append(params)
+        return await self._queue_many(
+            "transition_queue_items",
+            _transition_name(to_status, True),
+            batch,
+            lambda row: row["status"] == to_status.value and row["updated_at"] == now,
+        )
+
+    async def _queue_many(
+        self, name: str, statement: str, batch: list[dict[str, Any]], holds: Callable[[dict[str, Any]], bool]
+    ) -> int:
+        """One transaction of fenced queue writes, sent as one executemany; while retrying a lost
+        commit the items go one by one, an item already holding the write counting as applied."""
+        if not batch:
+            return 0
+        if self._sqlite is not None:
+            hot = self._sqlite
+            return await self._sessions.run_sqlite(
+                name, lambda cursor: hot.execute_many(cursor, statement, batch), rows=len(batch)
+            )
+        pg = self._pg
+        assert pg is not None
+
+        def write_all(conn: Any, attempt: Attempt) -> int:
+            if not attempt.lost_commit:
+                return pg.execute_many(conn, statement, batch)
+            applied = 0
+            for params in batch:
+                if pg.execute(conn, statement, params) == 1:
+                    applied += 1
+                else:
+                    rows = pg.fetch(conn, "get_item", {"b_id": params["b_id"]})
+                    applied += bool(rows) and rows[0]["claim_token"] == params["b_token"] and holds(rows[0])
+            return applied
+
+        return await self._sessions.run_postgres(name, write_all, transaction=True)
 
     async def find_queue_items(
         self,

@@ -194,3 +194,55 @@ async def test_concurrent_dequeues_never_hand_out_an_item_twice(storage: Storage
     results = await asyncio.gather(*(worker(f"w{i}") for i in range(4)))
     claimed = [queue_id for result in results for queue_id in result]
     assert sorted(claimed) == sorted(ids)
+
+
+async def test_batch_lease_extension_extends_only_the_items_still_held(
+    queue: QueueManager, storage: Storage, clock: FrozenClock
+) -> None:
+    ids = [await queue.enqueue("t", {"n": n}) for n in range(3)]
+    items = await queue.dequeue_batch("w1", 3)
+    assert [i.queue_id for i in items] == ids
+    token = items[0].claim_token
+    assert token is not None
+    assert await queue.release(ids[2], claim_token=token)  # no longer held
+    until = clock.now() + timedelta(minutes=9)
+
+    held = await storage.extend_queue_leases(
+        [(ids[0], token), (ids[1], "not-the-token"), (ids[2], token)], lease_expires_at=until
+    )
+
+    assert held == 1
+    stored = [await queue.get_item(i) for i in ids]
+    assert stored[0].lease_expires_at == until
+    assert stored[1].lease_expires_at == clock.now() + timedelta(minutes=5)
+    assert (stored[2].status, stored[2].lease_expires_at) == (QueueStatus.QUEUED, None)
+    assert await storage.extend_queue_leases([], lease_expires_at=until) == 0
+
+
+@pytest.mark.parametrize("to_status", [QueueStatus.COMPLETED, QueueStatus.FAILED])
+async def test_batch_transition_is_fenced_per_item(
+    queue: QueueManager, storage: Storage, clock: FrozenClock, to_status: QueueStatus
+) -> None:
+    ids = [await queue.enqueue("t", {"n": n}) for n in range(3)]
+    items = await queue.dequeue_batch("w1", 3)
+    token = items[0].claim_token
+    assert token is not None
+    clock.advance(seconds=7)
+
+    moved = await storage.transition_queue_items(
+        [(ids[0], token), (ids[1], "stale-token"), (ids[2], token), (ids[0], token)],
+        from_status=QueueStatus.PROCESSING,
+        to_status=to_status,
+        now=clock.now(),
+        error_message="boom",
+    )
+
+    assert moved == 2
+    stored = [await queue.get_item(i) for i in ids]
+    assert [s.status for s in stored] == [to_status, QueueStatus.PROCESSING, to_status]
+    assert stored[0].completed_at == clock.now() and stored[1].completed_at is None
+    assert stored[2].error_message == ("boom" if to_status is QueueStatus.FAILED else None)
+    again = await storage.transition_queue_items(
+        [(ids[0], token)], from_status=QueueStatus.PROCESSING, to_status=to_status, now=clock.now()
+    )
+    assert again == 0

@@ -179,6 +179,15 @@ async def _drive(client: bigquery.Client, dataset: str) -> None:
                 claim_token=token,
                 error_message="e" if to_status is QueueStatus.FAILED else None,
             )
+        await storage.extend_queue_leases([("q0", "tok"), ("q1", "tok")], lease_expires_at=lease)
+        for to_status in QueueStatus:
+            await storage.transition_queue_items(
+                [("q8", "tok"), ("q9", "tok")],
+                from_status=QueueStatus.PROCESSING,
+                to_status=to_status,
+                now=T0,
+                error_message="e" if to_status is QueueStatus.FAILED else None,
+            )
         for status, lease_before, run_id in product((None, QueueStatus.QUEUED), (None, T0), (None, "r0")):
             await storage.find_queue_items(status=status, lease_expired_before=lease_before, run_id=run_id)
         for status, tenant in product((None, QueueStatus.QUEUED), (None, "t")):
