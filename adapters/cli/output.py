@@ -22,7 +22,11 @@ from pipestate.domain.status import TenantStatus
 def to_jsonable(value: Any) -> Any:
     """Dataclasses, enums, datetimes, mappings and sequences as plain JSON values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: to_jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.name not in INTERNAL_FIELDS
+        }
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, datetime):
@@ -35,6 +39,9 @@ def to_jsonable(value: Any) -> Any:
         return to_jsonable(value.to_dict())
     return value
 
+
+INTERNAL_FIELDS: Final = frozenset({"pending_events"})
+"""In-memory bookkeeping, not part of any shape (a run's unsaved events)."""
 
 SECRET_FIELDS: Final = frozenset({"claim_token"})
 """Fields never printed: a claim token lets its holder complete or fail someone else's claim."""

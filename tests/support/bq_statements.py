@@ -158,6 +158,8 @@ async def _drive(client: bigquery.Client, dataset: str) -> None:
                 await storage.find_runs(criteria, order=order)
         await storage.count_runs_by_state()
         await storage.count_runs_by_state("t")
+        await storage.get_run_events("r0")
+        await storage.prune_events(T0)
 
         items = [
             QueueItem(queue_id=f"q{i}", tenant_id="t", config={}, priority=5, created_at=T0, run_id=f"r{i}")
