@@ -892,8 +892,11 @@ class BigQueryStorage:
         extra: _Extra = (("b_run_version", "INT64"), ("b_run_updated", "TIMESTAMP"))
         try:
             for chunk in _chunks(rows, self._max_rows, MAX_PARAMETER_BYTES_PER_STATEMENT):
-                await self._query(
-                    operation, "INSERT", self._sql.insert_events, [_struct_array(spec, chunk, spec.field_names, extra)]
+                await self._query(  # its own label: the run write's job stays one job of its operation
+                    "append_events",
+                    "INSERT",
+                    self._sql.insert_events,
+                    [_struct_array(spec, chunk, spec.field_names, extra)],
                 )
         except StorageError as error:
             log.error("%s: %d run events not stored: %s", operation, len(rows), error)
