@@ -48,8 +48,8 @@ from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.application.ids import new_id
 from pipestate.application.scheduler import enqueue_pending, queue_id_for
 from pipestate.domain.clock import Clock, ensure_aware
-from pipestate.domain.events import Actor
 from pipestate.domain.errors import InvalidArgument, PipestateError
+from pipestate.domain.events import Actor
 from pipestate.domain.ports import RunFilter, Storage
 from pipestate.domain.queue import QueueItem, QueueStatus
 from pipestate.domain.retry import RetryPolicy

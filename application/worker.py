@@ -56,13 +56,13 @@ from pipestate.application.ids import new_id
 from pipestate.application.queue_manager import QueueManager
 from pipestate.application.scheduler import enqueue_pending
 from pipestate.domain.clock import Clock
-from pipestate.domain.events import Actor
 from pipestate.domain.errors import (
     InvalidArgument,
     PipestateError,
     StaleClaim,
     StorageUnavailable,
 )
+from pipestate.domain.events import Actor
 from pipestate.domain.ports import Storage
 from pipestate.domain.queue import QueueItem, QueueStatus
 from pipestate.domain.run import PipelineRun, RunState

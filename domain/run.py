@@ -21,7 +21,6 @@ from typing import Any, Final, cast
 from transitions import EventData, Machine, MachineError
 
 from pipestate.domain.clock import ensure_aware
-from pipestate.domain.events import Actor, RunEvent, derive_event_id, truncate_traceback
 from pipestate.domain.errors import (
     InvalidArgument,
     InvalidInput,
@@ -31,6 +30,7 @@ from pipestate.domain.errors import (
     StaleClaim,
     TransitionRejected,
 )
+from pipestate.domain.events import Actor, RunEvent, derive_event_id, truncate_traceback
 from pipestate.domain.retry import DEFAULT_RETRY_POLICY, LEASE_EXPIRED, RetryPolicy
 from pipestate.domain.validation import (
     MAX_ID_LENGTH,

@@ -1471,7 +1471,9 @@ class _Statements:
             f"WHERE EXISTS (SELECT 1 FROM `{self.runs}` AS r WHERE r.`run_id` = u.`run_id` "
             "AND r.`version` = u.`b_run_version` AND r.`updated_at` = u.`b_run_updated`)"
         )
-        self.get_events = f"SELECT {_cols(columns)} FROM `{events}` WHERE `run_id` = @id ORDER BY `version`, `event_id`"
+        self.get_events = (
+            f"SELECT {_cols(columns)} FROM `{events}` WHERE `run_id` = @id ORDER BY `version`, `event_id`"
+        )
         self.prune_events = f"DELETE FROM `{events}` WHERE `at` < @before"
 
     def transition(self, to_status: QueueStatus, fenced: bool) -> str:

@@ -41,11 +41,11 @@ from sqlalchemy.pool import StaticPool
 
 from pipestate.adapters.rows import (
     QUEUE_COLUMNS,
-    event_from_row,
-    event_to_row,
     RUN_COLUMNS,
     RUN_MUTABLE_COLUMNS,
     SCHEDULE_MUTABLE_COLUMNS,
+    event_from_row,
+    event_to_row,
     queue_from_row,
     queue_to_row,
     run_from_row,
@@ -261,7 +261,11 @@ class SqlAlchemyStorage:
 
     # ------------------------------------------------------------------ shared hot-path helpers
     async def _hot_insert(
-        self, name: str, table_key: str, rows: list[dict[str, Any]], events: list[dict[str, Any]] | None = None
+        self,
+        name: str,
+        table_key: str,
+        rows: list[dict[str, Any]],
+        events: list[dict[str, Any]] | None = None,
     ) -> int:
         """Insert-if-absent of ``rows``; ``events`` (rows of :func:`_event_params`) in the same
         transaction, after them."""
@@ -429,9 +433,8 @@ class SqlAlchemyStorage:
                 rows = pg.fetch(conn, "get_run", exists)
                 if not rows:
                     raise RunNotFound(run.run_id)
-                if attempt.lost_commit and _holds(rows[0], params, RUN_MUTABLE_COLUMNS):
-                    return True  # the lost try's commit held its events too
-                return False
+                # A lost try whose commit landed stored its events with it.
+                return attempt.lost_commit and _holds(rows[0], params, RUN_MUTABLE_COLUMNS)
 
             # With events, the update and its events are one transaction; a heartbeat is one statement.
             stored = await self._sessions.run_postgres("update_run", update, transaction=bool(events))

@@ -33,7 +33,9 @@ async def test_a_run_that_fails_twice_then_succeeds_shows_three_attempts_and_eve
         if run.attempt < 3:
             _raise_deep(run.attempt)
 
-    worker = Worker(flaky, storage, clock=clock, poll_interval=0.01, lease=timedelta(minutes=2), worker_id="w-7")
+    worker = Worker(
+        flaky, storage, clock=clock, poll_interval=0.01, lease=timedelta(minutes=2), worker_id="w-7"
+    )
     for _ in range(3):
         (result,) = await worker.run_once()
         if result.retry_at is not None:
@@ -52,7 +54,9 @@ async def test_a_run_that_fails_twice_then_succeeds_shows_three_attempts_and_eve
     for attempt in history.attempts[:2]:
         assert attempt.error_type == "FlakyWarehouse"
         assert attempt.traceback is not None
-        assert "_raise_deep" in attempt.traceback and "FlakyWarehouse: timeout on attempt" in attempt.traceback
+        assert (
+            "_raise_deep" in attempt.traceback and "FlakyWarehouse: timeout on attempt" in attempt.traceback
+        )
     assert history.attempts[2].traceback is None
     moves = [(e.from_state, e.to_state, e.actor) for e in history.events]
     assert moves == [

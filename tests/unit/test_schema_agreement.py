@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from pipestate import schemas
 from pipestate.adapters.rows import JSON_COLUMNS
 from pipestate.adapters.sqlalchemy import tables
+from pipestate.domain.events import RunEvent
 from pipestate.domain.pipeline_schedule import PipelineSchedule
 from pipestate.domain.queue import QueueItem
 from pipestate.domain.retry import RetryPolicy
-from pipestate.domain.events import RunEvent
 from pipestate.domain.run import PipelineRun
 
 CASES = [
