@@ -193,13 +193,16 @@ def require_duration_seconds(value: object) -> float | None:
 RUN_NAMESPACE: Final = uuid.UUID("6f1c2b1e-8f5d-4a7e-9a51-7f0d3c2e9b10")
 
 
-def derive_run_id(tenant_id: str, config_id: str, scheduled_time: datetime) -> str:
+def derive_run_id(tenant_id: str, config_id: str, scheduled_time: datetime, *, rerun: int = 0) -> str:
     """The id of the run for one schedule slot: the same inputs always give the same id.
 
-    This is what makes run creation idempotent across retries, ticks and schedulers.
+    This is what makes run creation idempotent across retries, ticks and schedulers. ``rerun``
+    n > 0 names an operator's n-th rerun of that slot (a run of its own).
     """
     slot = ensure_aware(scheduled_time, "scheduled_time").isoformat(timespec="microseconds")
     key = "\x1f".join((tenant_id, config_id, slot))
+    if rerun:
+        key = f"{key}\x1frerun {rerun}"
     return str(uuid.uuid5(RUN_NAMESPACE, key))
 
 
@@ -259,6 +262,7 @@ class PipelineRun:
         state: RunState = RunState.SCHEDULED,
         actor: Actor = Actor.SCHEDULER,
         reason: str = "",
+        rerun: int = 0,
     ) -> PipelineRun:
         """A new SCHEDULED run whose id is derived from (tenant_id, config_id, scheduled_time).
 
@@ -283,7 +287,7 @@ class PipelineRun:
                 "state", state, "a new run starts SCHEDULED (or SKIPPED for a dropped slot)"
             )
         run = cls(
-            run_id=derive_run_id(tenant_id, config_id, slot),
+            run_id=derive_run_id(tenant_id, config_id, slot, rerun=rerun),
             tenant_id=tenant_id,
             config_id=config_id,
             scheduled_time=slot,
@@ -555,10 +559,10 @@ class PipelineRun:
         effective = policy or self.effective_retry_policy
         if retry_at is None:
             retry_at = self.next_retry_at or effective.retry_at(self.retry_count + 1, now, run_id=self.run_id)
-        reason = (
+        rejection = (
             f"no retry allowed (retry {self.retry_count} of {effective.max_retries}, error {self.error_type})"
         )
-        self._fire("retry", now=now, retry_at=retry_at, policy=effective, reason=reason)
+        self._fire("retry", now=now, retry_at=retry_at, policy=effective, reason=rejection)
         self.retry_count += 1
         self.scheduled_time = retry_at
         self.next_retry_at = None
