@@ -642,7 +642,7 @@ async def _runs(args: argparse.Namespace, storage: Storage) -> int:
 
 
 async def _status(args: argparse.Namespace, storage: Storage) -> int:
-    statuses = await tenant_statuses(storage, args.tenant)
+    statuses = await tenant_statuses(storage, args.tenant, stats=serve_commands.stats_for(storage))
     if args.json:
         print_json([status_dict(s) for s in statuses])
     else:
