@@ -54,7 +54,7 @@ async def test_all_tenant_status_costs_the_same_for_6_and_7_tenants(
     stats = stats_for(storage)
     assert stats is not None
     counting = Counting(storage)
-    together = await tenant_statuses(counting, stats=stats, now=T0)  # type: ignore[arg-type]
+    together = await tenant_statuses(counting, stats=stats, now=T0)
     one_by_one = [(await tenant_statuses(storage, f"tenant-{i}"))[0] for i in range(6)]
 
     assert [s.tenant_id for s in together] == [f"tenant-{i}" for i in range(6)]
@@ -66,5 +66,5 @@ async def test_all_tenant_status_costs_the_same_for_6_and_7_tenants(
 
     await schedules.add("tenant-x", "ingest", "0 * * * *", start=T0)
     counting.calls.clear()
-    await tenant_statuses(counting, stats=stats, now=T0)  # type: ignore[arg-type]
+    await tenant_statuses(counting, stats=stats, now=T0)
     assert len(counting.calls) == 4
