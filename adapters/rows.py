@@ -16,12 +16,15 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
+from pipestate.domain.events import RunEvent
 from pipestate.domain.pipeline_schedule import CatchupPolicy, PipelineSchedule
 from pipestate.domain.queue import QueueItem, QueueStatus
 from pipestate.domain.retry import RetryPolicy
 from pipestate.domain.run import PipelineRun, RunState
 
-RUN_COLUMNS: Final = tuple(f.name for f in fields(PipelineRun))
+RUN_COLUMNS: Final = tuple(f.name for f in fields(PipelineRun) if f.name != "pending_events")
+"""The run's stored fields (its pending events go to the events table)."""
+EVENT_COLUMNS: Final = tuple(f.name for f in fields(RunEvent))
 QUEUE_COLUMNS: Final = tuple(f.name for f in fields(QueueItem))
 SCHEDULE_COLUMNS: Final = tuple(f.name for f in fields(PipelineSchedule))
 
@@ -148,6 +151,19 @@ def run_from_row(row: Mapping[Any, Any]) -> PipelineRun:
         updated_at=utc(row["updated_at"]),
         config=_json(row["config"]) or {},
     )
+
+
+# --------------------------------------------------------------------------- run events
+def event_to_row(event: RunEvent) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in EVENT_COLUMNS}
+
+
+def event_from_row(row: Mapping[Any, Any]) -> RunEvent:
+    values = {name: row[name] for name in EVENT_COLUMNS}
+    values["at"] = utc(values["at"])
+    values["version"] = int(values["version"])
+    values["attempt"] = int(values["attempt"])
+    return RunEvent(**values)
 
 
 # --------------------------------------------------------------------------- queue items

@@ -49,6 +49,7 @@ from pipestate.application.ids import new_id
 from pipestate.application.scheduler import enqueue_pending, queue_id_for
 from pipestate.domain.clock import Clock, ensure_aware
 from pipestate.domain.errors import InvalidArgument, PipestateError
+from pipestate.domain.events import Actor
 from pipestate.domain.ports import RunFilter, Storage
 from pipestate.domain.queue import QueueItem, QueueStatus
 from pipestate.domain.retry import RetryPolicy
@@ -222,7 +223,7 @@ class Recovery:
             for run in runs:
                 expected = run.version
                 try:
-                    run.retry(now)
+                    run.retry(now, actor=Actor.RECOVERY)
                 except PipestateError as exc:  # the policy no longer allows it: stop planning it
                     run.next_retry_at = None
                     run.error_message = f"{run.error_message} (not retried: {exc})"
@@ -300,7 +301,7 @@ def _expire(run: PipelineRun, now: datetime, pass_id: str) -> str | None:
     try:
         run.expire_lease(now, note=pass_id)
         if run.next_retry_at is not None:
-            run.retry(now)
+            run.retry(now, actor=Actor.RECOVERY)
         return run.effective_retry_policy.invalid_reason
     except (PipestateError, ArithmeticError, TypeError, ValueError) as exc:
         run.__dict__.update(original.copy().__dict__)

@@ -43,6 +43,7 @@ import logging
 import os
 import socket
 import threading
+import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ from pipestate.domain.errors import (
     StaleClaim,
     StorageUnavailable,
 )
+from pipestate.domain.events import Actor
 from pipestate.domain.ports import Storage
 from pipestate.domain.queue import QueueItem, QueueStatus
 from pipestate.domain.run import PipelineRun, RunState
@@ -682,6 +684,16 @@ class Worker:
     async def _fail(self, item: QueueItem, lease: _Lease, token: str, error: Exception) -> WorkResult:
         assert lease.run is not None
         now = self._clock.now()
+        stack = "".join(traceback.format_exception(error))
+        log.warning(
+            "worker %s: run %s attempt %s failed: %s",
+            self._worker_id,
+            lease.run.run_id,
+            lease.run.attempt,
+            _describe(error),
+            exc_info=error,
+            extra={"run_id": lease.run.run_id, "tenant": lease.run.tenant_id, "attempt": lease.run.attempt},
+        )
 
         def fail(run: PipelineRun) -> None:
             _fail_and_retry(
@@ -691,6 +703,7 @@ class Worker:
                 error_message=str(error) or repr(error),
                 error_type=type(error).__name__,
                 retryable=bool(getattr(error, "retryable", True)),
+                traceback=stack,
             )
 
         run = await self._write_run(lease, token, fail)
@@ -767,17 +780,25 @@ def _fail_and_retry(
     error_message: str,
     error_type: str | None,
     retryable: bool,
+    traceback: str | None = None,
 ) -> None:
     """``fail`` and, when the policy allows, ``retry`` — in memory, for one compare-and-set.
 
     A retry that cannot be planned (a policy that cannot be applied) leaves the run FAILED with
     the reason in its message instead of leaving it RUNNING."""
-    run.fail(now, error_message=error_message, error_type=error_type, retryable=retryable, claim_token=token)
+    run.fail(
+        now,
+        error_message=error_message,
+        error_type=error_type,
+        retryable=retryable,
+        claim_token=token,
+        traceback=traceback,
+    )
     if run.next_retry_at is None:
         return
     snapshot = run.copy()
     try:
-        run.retry(now)
+        run.retry(now, actor=Actor.WORKER)
     except PipestateError as exc:
         run.__dict__.update(snapshot.__dict__)
         run.next_retry_at = None

@@ -13,7 +13,13 @@ order; "fair cost" is raw fair / raw strict, the throughput the fair claim keeps
 A second table prints claim latency with a backlog: 0, 10k and 100k items QUEUED and
 ``--history`` finished items, on a file that was never analysed (as every new file is).
 
+A third prints the cost of run history: a run's lifecycle (create, make_pending, start,
+complete: four writes) through the Storage port with its events, against the same writes with
+the events dropped before they reach the adapter, in the same run. Target: history costs at most
+20% of the throughput (ratio >= 0.80).
+
     python bench/lifecycle.py [--items 3000] [--processes 1 4] [--backlogs 0 10000 100000]
+                              [--history-runs 1000]
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipestate.adapters.sqlalchemy import SqlAlchemyStorage
 from pipestate.application import QueueManager
+from pipestate.domain.run import PipelineRun
 
 
 # --------------------------------------------------------------------------- raw sqlite3 baseline
@@ -235,6 +242,48 @@ def measure(kind: str, processes: int, items: int, workdir: Path) -> float:
     return per_process * processes / wall
 
 
+# --------------------------------------------------------------------------- run history cost
+def run_lifecycles(path: str, runs: int, history: bool) -> float:
+    """Run lifecycles per second (4 writes each), with or without their history events."""
+
+    async def main() -> float:
+        storage = SqlAlchemyStorage.from_url(f"sqlite:///{path}")
+        await storage.create_schema()
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+
+        def strip(run: PipelineRun) -> PipelineRun:
+            if not history:
+                run.pending_events.clear()
+            return run
+
+        try:
+            began = time.perf_counter()
+            for i in range(runs):
+                now = start + timedelta(seconds=i)
+                token = f"tok{i}"
+                run = PipelineRun.new(tenant_id="t", config_id="c", scheduled_time=now, now=now)
+                await storage.insert_runs([strip(run)])
+                run.make_pending(now)
+                await storage.update_run(strip(run), 1)
+                run.start(now, worker_id="w", claim_token=token, lease_expires_at=now + timedelta(minutes=5))
+                await storage.update_run(strip(run), 2)
+                run.complete(now, claim_token=token)
+                await storage.update_run(strip(run), 3)
+            return runs / (time.perf_counter() - began)
+        finally:
+            await storage.close()
+
+    return asyncio.run(main())
+
+
+def history_cost(workdir: Path, runs: int, repeat: int) -> tuple[float, float]:
+    without, with_ = [], []
+    for n in range(repeat):  # interleaved, each on a fresh file
+        without.append(run_lifecycles(str(workdir / f"plain-{n}.db"), runs, history=False))
+        with_.append(run_lifecycles(str(workdir / f"history-{n}.db"), runs, history=True))
+    return statistics.median(without), statistics.median(with_)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -245,6 +294,9 @@ def main() -> None:
     parser.add_argument("--backlogs", type=int, nargs="*", default=[0, 10_000, 100_000])
     parser.add_argument("--history", type=int, default=300_000, help="finished items beside the backlog")
     parser.add_argument("--claims", type=int, default=300)
+    parser.add_argument(
+        "--history-runs", type=int, default=1000, help="run lifecycles per history measurement"
+    )
     args = parser.parse_args()
 
     print(
@@ -279,6 +331,13 @@ def main() -> None:
             for queued in args.backlogs:
                 ours_ms, raw_ms = claim_latency(workdir, queued, args.history, args.claims)
                 print(f"{queued:>8,} | {ours_ms:>12.3f} | {raw_ms:>7.3f}")
+        if args.history_runs:
+            plain, kept = history_cost(workdir, args.history_runs, args.repeat)
+            ratio = kept / plain
+            verdict = "ok" if ratio >= 0.8 else "BELOW TARGET"
+            print(f"\nrun lifecycle (create, pending, start, complete), {args.history_runs} runs")
+            print(f"{'no history /s':>13} | {'history /s':>10} | {'ratio':>6} | target >= 0.80")
+            print(f"{plain:>13,.0f} | {kept:>10,.0f} | {ratio:>5.2f}x | {verdict}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from pipestate.domain.events import RunEvent
 from pipestate.domain.pipeline_schedule import PipelineSchedule
 from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus
 from pipestate.domain.run import PipelineRun, RunState
@@ -103,6 +104,21 @@ class RunRepository(Protocol):
 
     async def count_runs_by_state(self, tenant_id: str | None = None) -> dict[RunState, int]:
         """Number of runs in each state (states with no run are absent)."""
+        ...
+
+    async def get_run_events(self, run_id: str) -> list[RunEvent]:
+        """The run's history, oldest first (by version): one event per stored transition.
+
+        ``insert_runs``, ``update_run`` and ``update_runs`` store each run's ``pending_events``
+        with the run itself (same transaction on SQL backends, same flush on BigQuery), and only
+        when the run's row was written: an event is stored exactly when its transition was. They
+        empty ``pending_events`` once they return. Empty for an unknown run.
+        """
+        ...
+
+    async def prune_events(self, before: datetime) -> int:
+        """Delete the events made before ``before`` (retention); returns how many (BigQuery may
+        report 0 when it drops whole partitions). Runs are untouched."""
         ...
 
 

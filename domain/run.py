@@ -30,6 +30,7 @@ from pipestate.domain.errors import (
     StaleClaim,
     TransitionRejected,
 )
+from pipestate.domain.events import Actor, RunEvent, derive_event_id, truncate_traceback
 from pipestate.domain.retry import DEFAULT_RETRY_POLICY, LEASE_EXPIRED, RetryPolicy
 from pipestate.domain.validation import (
     MAX_ID_LENGTH,
@@ -192,13 +193,16 @@ def require_duration_seconds(value: object) -> float | None:
 RUN_NAMESPACE: Final = uuid.UUID("6f1c2b1e-8f5d-4a7e-9a51-7f0d3c2e9b10")
 
 
-def derive_run_id(tenant_id: str, config_id: str, scheduled_time: datetime) -> str:
+def derive_run_id(tenant_id: str, config_id: str, scheduled_time: datetime, *, rerun: int = 0) -> str:
     """The id of the run for one schedule slot: the same inputs always give the same id.
 
-    This is what makes run creation idempotent across retries, ticks and schedulers.
+    This is what makes run creation idempotent across retries, ticks and schedulers. ``rerun``
+    n > 0 names an operator's n-th rerun of that slot (a run of its own).
     """
     slot = ensure_aware(scheduled_time, "scheduled_time").isoformat(timespec="microseconds")
     key = "\x1f".join((tenant_id, config_id, slot))
+    if rerun:
+        key = f"{key}\x1frerun {rerun}"
     return str(uuid.uuid5(RUN_NAMESPACE, key))
 
 
@@ -238,6 +242,9 @@ class PipelineRun:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    pending_events: list[RunEvent] = field(default_factory=list, compare=False, repr=False)
+    """Events of the transitions made since the run was loaded, not yet stored. Not a column: the
+    storage adapter writes them with the run's compare-and-set (or insert) and then empties it."""
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -253,6 +260,9 @@ class PipelineRun:
         schedule_id: str | None = None,
         config: Mapping[str, Any] | None = None,
         state: RunState = RunState.SCHEDULED,
+        actor: Actor = Actor.SCHEDULER,
+        reason: str = "",
+        rerun: int = 0,
     ) -> PipelineRun:
         """A new SCHEDULED run whose id is derived from (tenant_id, config_id, scheduled_time).
 
@@ -276,8 +286,8 @@ class PipelineRun:
             raise InvalidArgument(
                 "state", state, "a new run starts SCHEDULED (or SKIPPED for a dropped slot)"
             )
-        return cls(
-            run_id=derive_run_id(tenant_id, config_id, slot),
+        run = cls(
+            run_id=derive_run_id(tenant_id, config_id, slot, rerun=rerun),
             tenant_id=tenant_id,
             config_id=config_id,
             scheduled_time=slot,
@@ -289,9 +299,45 @@ class PipelineRun:
             updated_at=at,
             config=checked_config,
         )
+        run._record(None, at, actor, reason)
+        return run
 
     def copy(self) -> PipelineRun:
-        return replace(self, config=dict(self.config))
+        return replace(self, config=dict(self.config), pending_events=list(self.pending_events))
+
+    def take_events(self) -> list[RunEvent]:
+        """The pending events, oldest first; the run keeps none afterwards (for adapters)."""
+        events, self.pending_events = self.pending_events, []
+        return events
+
+    def _record(
+        self,
+        source: RunState | None,
+        now: datetime,
+        actor: Actor,
+        reason: str = "",
+        traceback: str | None = None,
+    ) -> None:
+        """Append the event of the transition just made (after ``_touch``: version is the new one)."""
+        failed = self.state is RunState.FAILED
+        self.pending_events.append(
+            RunEvent(
+                event_id=derive_event_id(self.run_id, self.version),
+                run_id=self.run_id,
+                tenant_id=self.tenant_id,
+                version=self.version,
+                from_state=None if source is None else source.value,
+                to_state=self.state.value,
+                at=now,
+                attempt=self.attempt,
+                actor=Actor(actor).value,
+                worker_id=self.worker_id,
+                error_type=self.error_type if failed else None,
+                error_message=self.error_message if failed else None,
+                traceback=truncate_traceback(traceback) if failed else None,
+                reason=clean_text(reason) if reason else None,
+            )
+        )
 
     @property
     def effective_retry_policy(self) -> RetryPolicy:
@@ -320,7 +366,7 @@ class PipelineRun:
         self.lease_expires_at = None
 
     # ------------------------------------------------------------------ triggers
-    def make_pending(self, now: datetime) -> None:
+    def make_pending(self, now: datetime, *, actor: Actor = Actor.SCHEDULER, reason: str = "") -> None:
         """SCHEDULED -> PENDING once ``scheduled_time <= now``.
 
         Raises:
@@ -329,6 +375,7 @@ class PipelineRun:
         """
         self._fire("make_pending", now=now, reason="not due yet")
         self._touch(now)
+        self._record(RunState.SCHEDULED, now, actor, reason)
 
     def start(
         self,
@@ -338,6 +385,8 @@ class PipelineRun:
         claim_token: str,
         lease_expires_at: datetime,
         pipeline_logging_id: str | None = None,
+        actor: Actor = Actor.WORKER,
+        reason: str = "",
     ) -> None:
         """PENDING -> RUNNING: a worker claimed the run and holds a lease until ``lease_expires_at``.
 
@@ -357,6 +406,7 @@ class PipelineRun:
         self.completed_at = None
         self.duration_seconds = None
         self._touch(now)
+        self._record(RunState.PENDING, now, actor, reason)
 
     def heartbeat(self, now: datetime, *, claim_token: str, lease_expires_at: datetime) -> None:
         """Extend the lease of a RUNNING run held with ``claim_token``.
@@ -372,7 +422,13 @@ class PipelineRun:
         self._touch(now)
 
     def complete(
-        self, now: datetime, *, duration_seconds: float | None = None, claim_token: str | None = None
+        self,
+        now: datetime,
+        *,
+        duration_seconds: float | None = None,
+        claim_token: str | None = None,
+        actor: Actor = Actor.WORKER,
+        reason: str = "",
     ) -> None:
         """RUNNING -> COMPLETED. The duration defaults to ``now - started_at``.
 
@@ -394,6 +450,7 @@ class PipelineRun:
         self.next_retry_at = None
         self._release_claim()
         self._touch(now)
+        self._record(RunState.RUNNING, now, actor, reason)
 
     def fail(
         self,
@@ -404,12 +461,16 @@ class PipelineRun:
         retryable: bool = True,
         claim_token: str | None = None,
         policy: RetryPolicy | None = None,
+        traceback: str | None = None,
+        actor: Actor = Actor.WORKER,
+        reason: str = "",
     ) -> None:
         """RUNNING -> FAILED, recording the error and the retry decision.
 
         ``next_retry_at`` is set when the run's policy (or ``policy``) would retry it. The message
         and type are stored cleaned (:func:`pipestate.domain.validation.clean_text`): whatever a
-        handler raised, the failure is recorded.
+        handler raised, the failure is recorded. ``traceback`` (the handler's, truncated) goes to
+        the failure's event only.
 
         Raises:
             InvalidTransition: not RUNNING.
@@ -419,8 +480,17 @@ class PipelineRun:
             self._check_token(claim_token)
         self._fire("fail")
         self._record_failure(now, error_type, error_message, retryable, policy)
+        self._record(RunState.RUNNING, now, actor, reason, traceback)
 
-    def expire_lease(self, now: datetime, *, policy: RetryPolicy | None = None, note: str = "") -> None:
+    def expire_lease(
+        self,
+        now: datetime,
+        *,
+        policy: RetryPolicy | None = None,
+        note: str = "",
+        actor: Actor = Actor.RECOVERY,
+        reason: str = "",
+    ) -> None:
         """RUNNING -> FAILED with error_type ``LeaseExpired`` once the lease has run out.
 
         ``note`` is appended to the message (recovery names its pass there, so that two passes
@@ -436,6 +506,7 @@ class PipelineRun:
         if note:
             message = f"{message} ({note})"
         self._record_failure(now, LEASE_EXPIRED, message, True, policy)
+        self._record(RunState.RUNNING, now, actor, reason)
 
     def _record_failure(
         self,
@@ -467,7 +538,13 @@ class PipelineRun:
         self._touch(now)
 
     def retry(
-        self, now: datetime, *, retry_at: datetime | None = None, policy: RetryPolicy | None = None
+        self,
+        now: datetime,
+        *,
+        retry_at: datetime | None = None,
+        policy: RetryPolicy | None = None,
+        actor: Actor = Actor.SCHEDULER,
+        reason: str = "",
     ) -> None:
         """FAILED -> SCHEDULED (``retry_at > now``) or PENDING (``retry_at <= now``).
 
@@ -482,29 +559,32 @@ class PipelineRun:
         effective = policy or self.effective_retry_policy
         if retry_at is None:
             retry_at = self.next_retry_at or effective.retry_at(self.retry_count + 1, now, run_id=self.run_id)
-        reason = (
+        rejection = (
             f"no retry allowed (retry {self.retry_count} of {effective.max_retries}, error {self.error_type})"
         )
-        self._fire("retry", now=now, retry_at=retry_at, policy=effective, reason=reason)
+        self._fire("retry", now=now, retry_at=retry_at, policy=effective, reason=rejection)
         self.retry_count += 1
         self.scheduled_time = retry_at
         self.next_retry_at = None
         self.worker_id = None
         self._touch(now)
+        self._record(RunState.FAILED, now, actor, reason)
 
-    def cancel(self, now: datetime, *, reason: str = "") -> None:
+    def cancel(self, now: datetime, *, reason: str = "", actor: Actor = Actor.OPERATOR) -> None:
         """SCHEDULED | PENDING | RUNNING -> CANCELLED.
 
         Raises:
             InvalidTransition: any other state.
         """
+        source = self.state
         self._fire("cancel")
         self.cancel_reason = clean_text(reason) if reason else None
         self.completed_at = now
         self._release_claim()
         self._touch(now)
+        self._record(source, now, actor, reason)
 
-    def skip(self, now: datetime, *, reason: str = "") -> None:
+    def skip(self, now: datetime, *, reason: str = "", actor: Actor = Actor.SCHEDULER) -> None:
         """SCHEDULED -> SKIPPED: a misfire policy dropped this slot; the row stays for audit.
 
         Raises:
@@ -514,6 +594,7 @@ class PipelineRun:
         self.cancel_reason = clean_text(reason) if reason else None
         self.completed_at = now
         self._touch(now)
+        self._record(RunState.SCHEDULED, now, actor, reason)
 
     # ------------------------------------------------------------------ generic
     def apply(self, trigger: str, now: datetime, **kwargs: Any) -> None:

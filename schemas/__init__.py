@@ -20,7 +20,8 @@ from typing import Any, Final
 RUNS: Final = "x_meta_scheduled_runs"
 QUEUE: Final = "x_meta_pipeline_queue"
 SCHEDULES: Final = "x_meta_pipeline_schedules"
-TABLES: Final = (RUNS, QUEUE, SCHEDULES)
+RUN_EVENTS: Final = "x_meta_run_events"
+TABLES: Final = (RUNS, QUEUE, SCHEDULES, RUN_EVENTS)
 """The tables of every backend (the SQL adapters mirror them)."""
 LEASES: Final = "x_meta_writer_leases"
 BIGQUERY_TABLES: Final = (*TABLES, LEASES)
@@ -141,6 +142,7 @@ __all__ = [
     "MONITOR_TABLES",
     "QUEUE",
     "RUNS",
+    "RUN_EVENTS",
     "SCHEDULES",
     "TABLES",
     "FieldSpec",

@@ -69,6 +69,8 @@ from pipestate.adapters.rows import (
     QUEUE_COLUMNS,
     RUN_COLUMNS,
     SCHEDULE_COLUMNS,
+    event_from_row,
+    event_to_row,
     queue_from_row,
     queue_to_row,
     run_from_row,
@@ -78,6 +80,7 @@ from pipestate.adapters.rows import (
     utc,
 )
 from pipestate.domain.errors import RunNotFound, ScheduleNotFound, StorageError, StorageUnavailable
+from pipestate.domain.events import RunEvent
 from pipestate.domain.limits import FAIR_SHARE_SLOT_SECONDS
 from pipestate.domain.pipeline_schedule import PipelineSchedule
 from pipestate.domain.ports import Capability, RunFilter, RunOrder
@@ -468,12 +471,14 @@ class BigQueryStorage:
         self._queue_spec = schemas.load(schemas.QUEUE)
         self._schedules_spec = schemas.load(schemas.SCHEDULES)
         self._leases_spec = schemas.load(schemas.LEASES)
+        self._events_spec = schemas.load(schemas.RUN_EVENTS)
         self._sql = _Statements(
             self.table_id(schemas.RUNS),
             self.table_id(schemas.QUEUE),
             self.table_id(schemas.SCHEDULES),
             self.table_id(schemas.LEASES),
         )
+        self._sql.add_events(self.table_id(schemas.RUN_EVENTS))
 
     @classmethod
     def from_dataset(cls, dataset: str, *, location: str | None = None, **kwargs: Any) -> BigQueryStorage:
@@ -960,11 +965,58 @@ class BigQueryStorage:
 
     # ------------------------------------------------------------------ runs
     async def insert_runs(self, runs: Sequence[PipelineRun]) -> int:
-        """Jobs: 1 MERGE per 1,000 distinct runs + 2 for the writer lease (0 for an empty batch)."""
+        """Jobs: 1 MERGE per 1,000 distinct runs + 2 for the writer lease (0 for an empty batch),
+        + 1 INSERT of the runs' events per 1,000 events."""
         inserted, _ = await self._insert_if_absent(
             "insert_runs", self._runs_spec, "run_id", [run_to_row(r) for r in runs]
         )
+        await self._append_events("insert_runs", runs)
         return inserted
+
+    async def _append_events(self, operation: str, runs: Sequence[PipelineRun]) -> None:
+        """Append the runs' pending events, in one INSERT per 1,000 events, after the runs' write.
+
+        Each event is inserted only if its run holds the version and ``updated_at`` that write
+        gave it (a compare-and-set that lost its race stores no event). Not one transaction with
+        the runs' write: an event can be missing if this job fails after the runs' job committed
+        (it is then logged); a retried job keeps its job id, and reads dedupe by event_id.
+        """
+        rows = [
+            {**event_to_row(event), "b_run_version": run.version, "b_run_updated": run.updated_at}
+            for run in runs
+            for event in run.pending_events
+        ]
+        for run in runs:
+            run.take_events()
+        if not rows:
+            return
+        spec = self._events_spec
+        extra: _Extra = (("b_run_version", "INT64"), ("b_run_updated", "TIMESTAMP"))
+        try:
+            for chunk in _chunks(rows, self._max_rows, MAX_PARAMETER_BYTES_PER_STATEMENT):
+                await self._query(  # its own label: the run write's job stays one job of its operation
+                    "append_events",
+                    "INSERT",
+                    self._sql.insert_events,
+                    [_struct_array(spec, chunk, spec.field_names, extra)],
+                )
+        except StorageError as error:
+            log.error("%s: %d run events not stored: %s", operation, len(rows), error)
+            raise
+
+    async def get_run_events(self, run_id: str) -> list[RunEvent]:
+        """Jobs: 1 (the events table is clustered by run_id)."""
+        result = await self._query(
+            "get_run_events", "SELECT", self._sql.get_events, [_scalar("id", "STRING", run_id)]
+        )
+        return [event_from_row(r) for r in _newest(result.rows, "event_id")]
+
+    async def prune_events(self, before: datetime) -> int:
+        """Jobs: 1 DELETE (whole partitions before ``before``'s day are cheap to drop)."""
+        result = await self._query(
+            "prune_events", "DELETE", self._sql.prune_events, [_scalar("before", "TIMESTAMP", before)]
+        )
+        return result.affected or 0
 
     async def get_run(self, run_id: str) -> PipelineRun | None:
         """Jobs: 1."""
@@ -999,11 +1051,15 @@ class BigQueryStorage:
         result = await self._query("update_run", "UPDATE", self._sql.update_run, params)
         self._check_single(result, schemas.RUNS, run.run_id, "update_run")
         if result.affected == 1:
+            await self._append_events("update_run", [run])
             return True
         stored = await self._get_run("update_run", run.run_id)
         if stored is None:
             raise RunNotFound(run.run_id)
-        return result.uncertain and stored == run
+        if result.uncertain and stored == run:
+            await self._append_events("update_run", [run])
+            return True
+        return False
 
     async def update_runs(self, runs: Sequence[tuple[PipelineRun, int]]) -> int:
         """Jobs: 1 per 1,000 pairs (0 for none); +1 read-back per retried statement. A batch that
@@ -1014,7 +1070,7 @@ class BigQueryStorage:
         async def reread(ids: list[str]) -> list[dict[str, Any]]:
             return [run_to_row(run_from_row(r)) for r in await self._get_run_rows("update_runs", ids)]
 
-        return await self._update_batch(
+        applied = await self._update_batch(
             "update_runs",
             self._runs_spec,
             "run_id",
@@ -1023,6 +1079,12 @@ class BigQueryStorage:
             [v for _, v in runs],
             reread,
         )
+        if applied:
+            await self._append_events("update_runs", [r for r, _ in runs])
+        else:
+            for run, _ in runs:
+                run.take_events()
+        return applied
 
     async def find_runs(
         self, criteria: RunFilter, *, order: RunOrder = RunOrder.SCHEDULED_ASC, limit: int | None = None
@@ -1616,6 +1678,21 @@ class _Statements:
 
     def transitions_batch(self, to_status: QueueStatus) -> str:
         return self._batch_transitions[to_status]
+
+    def add_events(self, events: str) -> None:
+        """The run history's statements (the events table, ``schemas/x_meta_run_events.json``)."""
+        self.events = events
+        columns = schemas.load(schemas.RUN_EVENTS).field_names
+        self.insert_events = (
+            f"INSERT INTO `{events}` ({_cols(columns)}) "
+            f"SELECT {_cols(columns, 'u')} FROM UNNEST(@rows) AS u "
+            f"WHERE EXISTS (SELECT 1 FROM `{self.runs}` AS r WHERE r.`run_id` = u.`run_id` "
+            "AND r.`version` = u.`b_run_version` AND r.`updated_at` = u.`b_run_updated`)"
+        )
+        self.get_events = (
+            f"SELECT {_cols(columns)} FROM `{events}` WHERE `run_id` = @id ORDER BY `version`, `event_id`"
+        )
+        self.prune_events = f"DELETE FROM `{events}` WHERE `at` < @before"
 
     def transition(self, to_status: QueueStatus, fenced: bool) -> str:
         return self._transitions[(to_status, fenced)]

@@ -29,6 +29,7 @@ from pipestate.adapters.cli.output import (
     backfill_dict,
     describe_result,
     fmt_time,
+    history_text,
     print_json,
     public_json,
     queue_stats_text,
@@ -49,10 +50,11 @@ from pipestate.adapters.cli.store import (
 )
 from pipestate.application.backfill import DEFAULT_MAX_RUNS, Backfill
 from pipestate.application.clock import SYSTEM_CLOCK
+from pipestate.application.control import Control
 from pipestate.application.recovery import Recovery
 from pipestate.application.schedule_manager import ScheduleManager
 from pipestate.application.scheduler import DEFAULT_BATCH_SIZE, Scheduler
-from pipestate.application.views import tenant_statuses
+from pipestate.application.views import run_history, tenant_statuses
 from pipestate.application.worker import DEFAULT_LEASE, MAX_CONCURRENCY, Handler, Worker, WorkResult
 from pipestate.domain.cron import DstFoldPolicy, DstGapPolicy
 from pipestate.domain.errors import InvalidArgument, InvalidInput, NotFound, PipestateError
@@ -60,7 +62,7 @@ from pipestate.domain.pipeline_schedule import CatchupPolicy
 from pipestate.domain.ports import RunFilter, RunOrder, Storage
 from pipestate.domain.queue import QueueStatus
 from pipestate.domain.retry import DEFAULT_RETRY_POLICY, MAX_RETRIES, RetryPolicy
-from pipestate.domain.run import RunState
+from pipestate.domain.run import PipelineRun, RunState
 from pipestate.domain.validation import require_id, require_instant, require_int, require_seconds
 
 PROG = "pipestate"
@@ -155,6 +157,32 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command(action, f"{action} the schedule of TENANT and CONFIG_ID", into=schedule_commands)
         sub.add_argument("tenant")
         sub.add_argument("config_id")
+    trigger = command(
+        "trigger", "run the schedule of TENANT and CONFIG_ID now (queued)", into=schedule_commands
+    )
+    trigger.add_argument("tenant")
+    trigger.add_argument("config_id")
+
+    run = command("run", "show one run, or act on it as an operator (every action is recorded)")
+    run_commands = run.add_subparsers(
+        dest="run_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    show = command("show", "the run, its attempts and every transition", into=run_commands)
+    show.add_argument("run_id")
+    for action, text in (
+        ("cancel", "cancel a SCHEDULED, PENDING or RUNNING run"),
+        ("retry", "retry a FAILED run now (even with no retry left)"),
+        ("rerun", "run a finished run's slot again, as a new run"),
+    ):
+        sub = command(action, text, into=run_commands)
+        sub.add_argument("run_id")
+        sub.add_argument("--reason", default=f"{action} by an operator", help="recorded in the run's history")
+    mark = command(
+        "mark", "settle a RUNNING run by hand: failed (not retried) or succeeded", into=run_commands
+    )
+    mark.add_argument("run_id")
+    mark.add_argument("outcome", choices=["failed", "succeeded"])
+    mark.add_argument("--reason", default="marked by an operator", help="recorded in the run's history")
 
     tick = command("tick", "create due runs and queue the runs whose time has come")
     tick.add_argument("--now", default=None, help="simulate this ISO time instead of the clock")
@@ -292,8 +320,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "worker":
         _check_worker_options(args)
         handler = _load_handler(args.handler)
-    read_only = args.command in _READ_ONLY or (
-        args.command == "schedule" and args.schedule_command in _READ_ONLY
+    read_only = (
+        args.command in _READ_ONLY
+        or (args.command == "schedule" and args.schedule_command in _READ_ONLY)
+        or (args.command == "run" and args.run_command in _READ_ONLY)
     )
     if read_only:
         require_existing_sqlite_file(options)
@@ -309,9 +339,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
             return await _worker(args, storage, handler)
         if args.command in serve_commands.COMMANDS:
             return await serve_commands.run(args, storage, options.describe(), _instant)
-        command = _COMMANDS[
-            args.command if args.command != "schedule" else f"schedule {args.schedule_command}"
-        ]
+        if args.command == "schedule":
+            command = _COMMANDS[f"schedule {args.schedule_command}"]
+        elif args.command == "run":
+            command = _COMMANDS[f"run {args.run_command}"]
+        else:
+            command = _COMMANDS[args.command]
         return await command(args, storage)
     finally:
         await storage.close()
@@ -555,6 +588,50 @@ async def _worker(args: argparse.Namespace, storage: Storage, handler: Handler) 
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- operator actions
+async def _schedule_trigger(args: argparse.Namespace, storage: Storage) -> int:
+    run = await Control(storage).trigger(
+        require_id("tenant", args.tenant), require_id("config_id", args.config_id)
+    )
+    _say(args, run, f"triggered {args.tenant}/{args.config_id}: run {run.run_id} is {run.state.value}")
+    return EXIT_OK
+
+
+async def _run_show(args: argparse.Namespace, storage: Storage) -> int:
+    history = await run_history(storage, require_id("run_id", args.run_id))
+    if args.json:
+        print_json(history)
+    else:
+        print(history_text(history))
+    return EXIT_OK
+
+
+async def _run_acted(args: argparse.Namespace, run: PipelineRun, verb: str) -> int:
+    _say(args, run, f"{verb} run {run.run_id}: {run.state.value}")
+    return EXIT_OK
+
+
+async def _run_cancel(args: argparse.Namespace, storage: Storage) -> int:
+    run = await Control(storage).cancel(require_id("run_id", args.run_id), args.reason)
+    return await _run_acted(args, run, "cancelled")
+
+
+async def _run_retry(args: argparse.Namespace, storage: Storage) -> int:
+    run = await Control(storage).retry(require_id("run_id", args.run_id), args.reason)
+    return await _run_acted(args, run, "retried")
+
+
+async def _run_rerun(args: argparse.Namespace, storage: Storage) -> int:
+    run = await Control(storage).rerun(require_id("run_id", args.run_id), args.reason)
+    return await _run_acted(args, run, f"rerun of {args.run_id} is")
+
+
+async def _run_mark(args: argparse.Namespace, storage: Storage) -> int:
+    outcome = RunState.COMPLETED if args.outcome == "succeeded" else RunState.FAILED
+    run = await Control(storage).mark(require_id("run_id", args.run_id), outcome, args.reason)
+    return await _run_acted(args, run, f"marked {args.outcome}")
+
+
 # --------------------------------------------------------------------------- reports
 async def _runs(args: argparse.Namespace, storage: Storage) -> int:
     states = [RunState.parse(args.state)] if args.state else None
@@ -571,7 +648,7 @@ async def _runs(args: argparse.Namespace, storage: Storage) -> int:
 
 
 async def _status(args: argparse.Namespace, storage: Storage) -> int:
-    statuses = await tenant_statuses(storage, args.tenant)
+    statuses = await tenant_statuses(storage, args.tenant, stats=serve_commands.stats_for(storage))
     if args.json:
         print_json([status_dict(s) for s in statuses])
     else:
@@ -635,7 +712,7 @@ def _positive(option: str, value: int) -> int:
     return require_int(option, value, minimum=1)
 
 
-_READ_ONLY = frozenset({"runs", "status", "queue", "list"})
+_READ_ONLY = frozenset({"runs", "status", "queue", "list", "show"})
 """Commands (and ``schedule`` actions) that only read: they never create a database or tables."""
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Storage], Awaitable[int]]] = {
@@ -643,6 +720,12 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Storage], Awaitable[int]]] = 
     "schedule list": _schedule_list,
     "schedule pause": _schedule_pause,
     "schedule resume": _schedule_resume,
+    "schedule trigger": _schedule_trigger,
+    "run show": _run_show,
+    "run cancel": _run_cancel,
+    "run retry": _run_retry,
+    "run rerun": _run_rerun,
+    "run mark": _run_mark,
     "tick": _tick,
     "recover": _recover,
     "backfill": _backfill,

@@ -12,6 +12,7 @@ from typing import Any, Final, TextIO
 from zoneinfo import ZoneInfo
 
 from pipestate.application.backfill import BackfillReport
+from pipestate.application.views import RunHistory
 from pipestate.application.worker import Outcome, WorkResult
 from pipestate.domain.pipeline_schedule import PipelineSchedule
 from pipestate.domain.queue import QueueStats, QueueStatus
@@ -22,7 +23,11 @@ from pipestate.domain.status import TenantStatus
 def to_jsonable(value: Any) -> Any:
     """Dataclasses, enums, datetimes, mappings and sequences as plain JSON values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: to_jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.name not in INTERNAL_FIELDS
+        }
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, datetime):
@@ -35,6 +40,9 @@ def to_jsonable(value: Any) -> Any:
         return to_jsonable(value.to_dict())
     return value
 
+
+INTERNAL_FIELDS: Final = frozenset({"pending_events"})
+"""In-memory bookkeeping, not part of any shape (a run's unsaved events)."""
 
 SECRET_FIELDS: Final = frozenset({"claim_token"})
 """Fields never printed: a claim token lets its holder complete or fail someone else's claim."""
@@ -272,3 +280,48 @@ def queue_stats_text(stats: QueueStats) -> str:
         f"{by_status}\n\nwaiting by priority: {waiting}\n"
         f"wait before claim: avg {avg}, p95 {p95}; oldest waiting item: {oldest}"
     )
+
+
+def history_text(history: RunHistory) -> str:
+    """``pipestate run show``: the run, its attempts (with the last traceback) and its events."""
+    run = history.run
+    lines = [
+        f"run {run.run_id}  {run.tenant_id}/{run.config_id}  {run.state.value}",
+        f"slot {fmt_time(run.scheduled_time)}  attempts {run.attempt}  retries {run.retry_count}  "
+        f"version {run.version}",
+    ]
+    if run.error_type or run.error_message:
+        lines.append(f"error {run.error_type}: {run.error_message}")
+    lines += ["", "ATTEMPTS"]
+    attempts = [
+        (
+            a.number,
+            a.worker_id,
+            a.started_at,
+            a.ended_at,
+            a.outcome or "RUNNING",
+            a.ended_by,
+            clip(a.error_message),
+        )
+        for a in history.attempts
+    ]
+    lines.append(table(("#", "WORKER", "STARTED", "ENDED", "OUTCOME", "BY", "ERROR"), attempts, right=[0]))
+    lines += ["", "EVENTS"]
+    events = [
+        (
+            e.version,
+            e.at,
+            e.from_state or "-",
+            e.to_state,
+            e.actor,
+            e.worker_id,
+            clip(e.reason or e.error_message),
+        )
+        for e in history.events
+    ]
+    lines.append(table(("V", "AT", "FROM", "TO", "ACTOR", "WORKER", "WHY"), events, right=[0]))
+    failed = [a for a in history.attempts if a.traceback]
+    if failed:
+        last = failed[-1]
+        lines += ["", f"TRACEBACK of attempt {last.number}", last.traceback or ""]
+    return "\n".join(lines)

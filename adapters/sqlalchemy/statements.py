@@ -14,8 +14,8 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pipestate.adapters.rows import QUEUE_TRANSITION_EFFECTS, Effect
-from pipestate.adapters.sqlalchemy.tables import queue, runs, schedules
+from pipestate.adapters.rows import EVENT_COLUMNS, QUEUE_TRANSITION_EFFECTS, Effect
+from pipestate.adapters.sqlalchemy.tables import queue, run_events, runs, schedules
 from pipestate.domain.limits import FAIR_SHARE_SLOT_SECONDS
 from pipestate.domain.ports import RunFilter
 from pipestate.domain.queue import QueueStatus
@@ -38,6 +38,38 @@ DUE_SCHEDULES: Final = (
     .limit(sa.bindparam("b_limit"))
 )
 """Served by ix_schedules_due (enabled, next_fire_time)."""
+RUN_EVENTS: Final = (
+    sa.select(run_events)
+    .where(run_events.c.run_id == sa.bindparam("b_id"))
+    .order_by(run_events.c.version, run_events.c.event_id)
+)
+"""A run's history, oldest first (served by ix_run_events_run)."""
+PRUNE_EVENTS: Final = sa.delete(run_events).where(run_events.c.at < sa.bindparam("b_before"))
+
+
+def insert_events(dialect: str) -> sa.Insert:
+    """Insert one event if the run holds the version and ``updated_at`` its write gave it.
+
+    Runs in the transaction of the run's write, after it: the event is stored exactly when that
+    write was (a compare-and-set that lost its race leaves the run at another version or time),
+    and a retried write inserts it once (``ON CONFLICT (event_id) DO NOTHING``).
+    """
+    values = sa.select(
+        *[sa.bindparam(name, type_=run_events.c[name].type).label(name) for name in EVENT_COLUMNS]
+    ).where(
+        sa.exists().where(
+            runs.c.run_id == sa.bindparam("run_id"),
+            runs.c.version == sa.bindparam("b_run_version"),
+            runs.c.updated_at == sa.bindparam("b_run_updated", type_=runs.c.updated_at.type),
+        )
+    )
+    insert: Any = DIALECTS[dialect].insert(run_events)
+    stmt: sa.Insert = insert.from_select(list(EVENT_COLUMNS), values).on_conflict_do_nothing(
+        index_elements=["event_id"]
+    )
+    return stmt
+
+
 SCHEMA_LOCK: Final = sa.select(sa.func.pg_advisory_xact_lock(0x70697065))  # "pipe"
 
 # --------------------------------------------------------------------------- claims

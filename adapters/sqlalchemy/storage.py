@@ -45,6 +45,8 @@ from pipestate.adapters.rows import (
     RUN_COLUMNS,
     RUN_MUTABLE_COLUMNS,
     SCHEDULE_MUTABLE_COLUMNS,
+    event_from_row,
+    event_to_row,
     queue_from_row,
     queue_to_row,
     run_from_row,
@@ -67,6 +69,7 @@ from pipestate.adapters.sqlalchemy.tables import (
 )
 from pipestate.application.clock import SYSTEM_CLOCK
 from pipestate.domain.errors import RunNotFound, ScheduleNotFound, StorageError
+from pipestate.domain.events import RunEvent
 from pipestate.domain.pipeline_schedule import PipelineSchedule
 from pipestate.domain.ports import Capability, RunFilter, RunOrder
 from pipestate.domain.queue import QueueItem, QueueStats, QueueStatus
@@ -117,6 +120,7 @@ def _hot_statements(dialect: str) -> dict[str, tuple[sa.Executable, Sequence[str
     statements: dict[str, tuple[sa.Executable, Sequence[str] | None, sa.Table | None]] = {
         "insert_queue": (insert_queue, _QUEUE_INSERT_KEYS, None),
         "insert_runs": (insert_runs, RUN_COLUMNS, None),
+        "insert_events": (st.insert_events(dialect), None, None),
         "claim": (st.DIALECTS[dialect].claim, None, queue),
         "claimed_by_token": (st.CLAIMED_BY_TOKEN, None, queue),
         "extend_lease": (st.EXTEND_LEASE, None, None),
@@ -275,22 +279,43 @@ class SqlAlchemyStorage:
         await self._sessions.close()
 
     # ------------------------------------------------------------------ shared hot-path helpers
-    async def _hot_insert(self, name: str, table_key: str, rows: list[dict[str, Any]]) -> int:
+    async def _hot_insert(
+        self,
+        name: str,
+        table_key: str,
+        rows: list[dict[str, Any]],
+        events: list[dict[str, Any]] | None = None,
+    ) -> int:
+        """Insert-if-absent of ``rows``; ``events`` (rows of :func:`_event_params`) in the same
+        transaction, after them."""
         key = _BY_KEY[table_key][1]
         unique = list({row[key]: row for row in rows}.values())
         if not unique:
             return 0
+        events = events or []
         if self._sqlite is not None:
             hot, statement = self._sqlite, f"insert_{table_key}"
-            if len(unique) == 1:  # rowcount is 0 when the row existed
-                return await self._sessions.run_sqlite(name, lambda c: hot.execute(c, statement, unique[0]))
-            return await self._sessions.run_sqlite(
-                name, lambda cursor: hot.execute_many(cursor, statement, unique), rows=len(unique)
-            )
+
+            def insert_sqlite(cursor: sqlite3.Cursor) -> int:
+                if len(unique) == 1:  # rowcount is 0 when the row existed
+                    count = hot.execute(cursor, statement, unique[0])
+                else:
+                    count = hot.execute_many(cursor, statement, unique)
+                if events:
+                    hot.execute_many(cursor, "insert_events", events)
+                return count
+
+            return await self._sessions.run_sqlite(name, insert_sqlite, rows=len(unique) + len(events))
         pg = self._pg
         assert pg is not None
 
         def insert(conn: Any, attempt: Attempt) -> int:
+            inserted_count = insert_rows(conn, attempt)
+            if events:
+                pg.execute_many(conn, "insert_events", events)
+            return inserted_count
+
+        def insert_rows(conn: Any, attempt: Attempt) -> int:
             if len(unique) == 1:
                 inserted = {r[key] for r in pg.fetch(conn, f"insert_{table_key}", unique[0])}
             else:
@@ -308,7 +333,7 @@ class SqlAlchemyStorage:
                 )
             return len(inserted)
 
-        return await self._sessions.run_postgres(name, insert, transaction=len(unique) > 1)
+        return await self._sessions.run_postgres(name, insert, transaction=len(unique) > 1 or bool(events))
 
     async def _hot_get(self, name: str, statement: str, key: str) -> dict[str, Any] | None:
         params = {"b_id": key}
@@ -323,7 +348,14 @@ class SqlAlchemyStorage:
             rows = await self._sessions.run_postgres(name, lambda conn, _a: pg.fetch(conn, statement, params))
         return rows[0] if rows else None
 
-    async def _hot_cas_many(self, name: str, statement: str, get: str, batch: list[dict[str, Any]]) -> int:
+    async def _hot_cas_many(
+        self,
+        name: str,
+        statement: str,
+        get: str,
+        batch: list[dict[str, Any]],
+        events: list[dict[str, Any]] | None = None,
+    ) -> int:
         """One transaction of compare-and-sets, sent as one executemany.
 
         While retrying a lost commit the pairs go one by one, so that a row already holding our
@@ -331,16 +363,28 @@ class SqlAlchemyStorage:
         """
         if not batch:
             return 0
+        events = events or []
         if self._sqlite is not None:
             hot = self._sqlite
-            return await self._sessions.run_sqlite(
-                name, lambda cursor: hot.execute_many(cursor, statement, batch), rows=len(batch)
-            )
+
+            def update_sqlite(cursor: sqlite3.Cursor) -> int:
+                count = hot.execute_many(cursor, statement, batch)
+                if events:
+                    hot.execute_many(cursor, "insert_events", events)
+                return count
+
+            return await self._sessions.run_sqlite(name, update_sqlite, rows=len(batch) + len(events))
         pg = self._pg
         assert pg is not None
         mutable = tuple(k for k in batch[0] if not k.startswith("b_"))
 
         def update_all(conn: Any, attempt: Attempt) -> int:
+            applied = update_rows(conn, attempt)
+            if events:
+                pg.execute_many(conn, "insert_events", events)
+            return applied
+
+        def update_rows(conn: Any, attempt: Attempt) -> int:
             if not attempt.lost_commit:
                 return pg.execute_many(conn, statement, batch)
             applied = 0
@@ -356,7 +400,10 @@ class SqlAlchemyStorage:
 
     # ------------------------------------------------------------------ runs
     async def insert_runs(self, runs_: Sequence[PipelineRun]) -> int:
-        return await self._hot_insert("insert_runs", "runs", [run_to_row(r) for r in runs_])
+        rows = [run_to_row(r) for r in runs_]
+        count = await self._hot_insert("insert_runs", "runs", rows, _event_params(runs_))
+        _drain(runs_)
+        return count
 
     async def get_run(self, run_id: str) -> PipelineRun | None:
         row = await self._hot_get("get_run", "get_run", run_id)
@@ -380,33 +427,59 @@ class SqlAlchemyStorage:
     async def update_run(self, run: PipelineRun, expected_version: int) -> bool:
         params = _cas_params(run_to_row(run), RUN_MUTABLE_COLUMNS, run.run_id, expected_version)
         exists = {"b_id": run.run_id}
+        events = _event_params([run])
         if self._sqlite is not None:
             hot = self._sqlite
 
             def update_sqlite(cursor: sqlite3.Cursor) -> bool:
                 if hot.execute(cursor, "update_run", params) == 1:
+                    if events:
+                        hot.execute_many(cursor, "insert_events", events)
                     return True
                 if not hot.fetch(cursor, "run_exists", exists):
                     raise RunNotFound(run.run_id)
                 return False
 
-            return await self._sessions.run_sqlite("update_run", update_sqlite)
-        pg = self._pg
-        assert pg is not None
+            stored = await self._sessions.run_sqlite("update_run", update_sqlite)
+        else:
+            pg = self._pg
+            assert pg is not None
 
-        def update(conn: Any, attempt: Attempt) -> bool:
-            if pg.execute(conn, "update_run", params) == 1:
-                return True
-            rows = pg.fetch(conn, "get_run", exists)
-            if not rows:
-                raise RunNotFound(run.run_id)
-            return attempt.lost_commit and _holds(rows[0], params, RUN_MUTABLE_COLUMNS)
+            def update(conn: Any, attempt: Attempt) -> bool:
+                if pg.execute(conn, "update_run", params) == 1:
+                    if events:
+                        pg.execute_many(conn, "insert_events", events)
+                    return True
+                rows = pg.fetch(conn, "get_run", exists)
+                if not rows:
+                    raise RunNotFound(run.run_id)
+                # A lost try whose commit landed stored its events with it.
+                return attempt.lost_commit and _holds(rows[0], params, RUN_MUTABLE_COLUMNS)
 
-        return await self._sessions.run_postgres("update_run", update)
+            # With events, the update and its events are one transaction; a heartbeat is one statement.
+            stored = await self._sessions.run_postgres("update_run", update, transaction=bool(events))
+        if stored:
+            run.take_events()
+        return stored
 
     async def update_runs(self, pairs: Sequence[tuple[PipelineRun, int]]) -> int:
         batch = [_cas_params(run_to_row(r), RUN_MUTABLE_COLUMNS, r.run_id, v) for r, v in pairs]
-        return await self._hot_cas_many("update_runs", "update_run", "get_run", batch)
+        events = _event_params([r for r, _ in pairs])
+        applied = await self._hot_cas_many("update_runs", "update_run", "get_run", batch, events)
+        _drain([r for r, _ in pairs])
+        return applied
+
+    async def get_run_events(self, run_id: str) -> list[RunEvent]:
+        def read(conn: Connection, _attempt: Attempt) -> list[RunEvent]:
+            return [event_from_row(r) for r in conn.execute(st.RUN_EVENTS, {"b_id": run_id}).mappings()]
+
+        return await self._sessions.run(False, read)
+
+    async def prune_events(self, before: datetime) -> int:
+        def prune(conn: Connection, _attempt: Attempt) -> int:
+            return int(conn.execute(st.PRUNE_EVENTS, {"b_before": before}).rowcount)
+
+        return await self._sessions.run(True, prune)
 
     async def find_runs(
         self, criteria: RunFilter, *, order: RunOrder = RunOrder.SCHEDULED_ASC, limit: int | None = None
@@ -751,6 +824,23 @@ class SqlAlchemyStorage:
 
 
 # --------------------------------------------------------------------------- helpers
+def _event_params(runs_: Sequence[PipelineRun]) -> list[dict[str, Any]]:
+    """The rows of the runs' pending events, each with the version and time its run's write
+    stores (the condition under which it is inserted: see ``statements.insert_events``)."""
+    return [
+        {**event_to_row(event), "b_run_version": run.version, "b_run_updated": run.updated_at}
+        for run in runs_
+        for event in run.pending_events
+    ]
+
+
+def _drain(runs_: Sequence[PipelineRun]) -> None:
+    """Empty the runs' pending events once their write returned (stored, or lost to a newer
+    write: either way they are no longer pending)."""
+    for run in runs_:
+        run.take_events()
+
+
 def _holds(row: Any, params: dict[str, Any], columns: Collection[str]) -> bool:
     """Whether the stored ``row`` holds exactly the values a write put there."""
     return all(row[name] == params[name] for name in columns)

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 """The schema these tables describe; recorded in ``pipestate_schema_version`` by create_schema."""
 
 _WAITING_INDEX: Final = (
@@ -65,6 +65,8 @@ UPGRADES: Final[Mapping[int, Sequence[Upgrade]]] = {
         "DROP INDEX IF EXISTS ix_queue_tenant_status",
         _FLOW_INDEX,
     ),
+    # 4: run history, a new table (``run_events``) that ``create_all`` creates with its indexes.
+    4: (),
 }
 """version -> the statements that take a database from ``version - 1`` to ``version``.
 
@@ -215,3 +217,25 @@ schema_version: Final = sa.Table(
     sa.Column("version", sa.Integer, primary_key=True),
     _ts("applied_at", nullable=False),
 )
+
+run_events: Final = sa.Table(
+    "x_meta_run_events",
+    metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("tenant_id", sa.String(255), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("from_state", sa.String(16), nullable=True),
+    sa.Column("to_state", sa.String(16), nullable=False),
+    _ts("at", nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("actor", sa.String(16), nullable=False),
+    sa.Column("worker_id", sa.String(255), nullable=True),
+    sa.Column("error_type", sa.String(255), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("traceback", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Index("ix_run_events_run", "run_id", "version"),
+    sa.Index("ix_run_events_at", "at"),
+)
+"""Run history (``domain/events.py``): appended in the transaction of the run's write, never updated."""

@@ -31,3 +31,17 @@ def record(run: PipelineRun | None, config: dict[str, Any]) -> None:
         time.sleep(3600)
     time.sleep(float(config.get("sleep", 0)))
     _log(config, "done", run)
+
+
+class WarehouseTimeout(Exception):
+    pass
+
+
+def _query_warehouse(attempt: int) -> None:
+    raise WarehouseTimeout(f"warehouse timed out on attempt {attempt}")
+
+
+def flaky(run: PipelineRun | None, config: dict[str, Any]) -> None:
+    """Fails its first two attempts (raising from a nested call), then succeeds."""
+    if run is not None and run.attempt < 3:
+        _query_warehouse(run.attempt)

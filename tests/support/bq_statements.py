@@ -122,6 +122,7 @@ async def _drive(client: bigquery.Client, dataset: str) -> None:
     """Call every adapter method with every SQL-changing option combination."""
     from pipestate import schemas
     from pipestate.adapters.bigquery import BigQueryStorage
+    from pipestate.adapters.bigquery.stats import BigQueryRunStats
     from pipestate.domain.errors import StorageUnavailable
     from pipestate.domain.pipeline_schedule import PipelineSchedule, derive_schedule_id
     from pipestate.domain.ports import RunFilter, RunOrder
@@ -158,6 +159,9 @@ async def _drive(client: bigquery.Client, dataset: str) -> None:
                 await storage.find_runs(criteria, order=order)
         await storage.count_runs_by_state()
         await storage.count_runs_by_state("t")
+        await storage.get_run_events("r0")
+        await BigQueryRunStats(storage).count_runs_by_tenant_and_state()  # the all-tenant status
+        await storage.prune_events(T0)
 
         items = [
             QueueItem(queue_id=f"q{i}", tenant_id="t", config={}, priority=5, created_at=T0, run_id=f"r{i}")

@@ -60,6 +60,7 @@ async def test_creating_1000_runs_in_one_batch_costs_one_merge_under_the_writer_
         ("writer_lease", "UPDATE"),
         ("insert_runs", "MERGE"),
         ("writer_lease", "UPDATE"),
+        ("append_events", "INSERT"),  # the 1,000 creation events, after the lease
     ]
     assert await storage.count_runs_by_state() == {RunState.SCHEDULED: 1000}
 
@@ -93,12 +94,14 @@ async def test_a_single_transition_costs_one_job(storage: BigQueryStorage, clien
     moved = run.copy()
     moved.make_pending(T0)
     assert await storage.update_run(moved, expected_version=1)
-    assert client.count() == 1
+    assert client.count(operation="update_run") == 1
+    assert client.count() == 2  # + its event's INSERT (a heartbeat has none)
+    client.reset()
 
     assert await storage.extend_queue_lease(
         item.queue_id, claim_token="tok", lease_expires_at=T0 + timedelta(hours=1)
     )
-    assert client.count() == 2
+    assert client.count() == 1
 
     assert await storage.transition_queue_item(
         item.queue_id,
@@ -107,7 +110,7 @@ async def test_a_single_transition_costs_one_job(storage: BigQueryStorage, clien
         now=T0,
         claim_token="tok",
     )
-    assert client.count() == 3
+    assert client.count() == 2
 
 
 async def test_a_lost_race_costs_one_extra_read(storage: BigQueryStorage, client: ScriptedClient) -> None:
@@ -146,8 +149,9 @@ async def test_a_tick_over_1000_due_schedules_costs_a_constant_number_of_jobs(
     moved = await storage.update_runs([(r, 1) for r in updated])
 
     assert (len(due), applied, moved) == (1000, 1000, 1000)
-    # due_schedules, insert_runs (lease, MERGE, release), update_schedules, update_runs
-    assert client.count() == 6
+    # due_schedules, insert_runs (lease, MERGE, release), update_schedules, update_runs,
+    # and one INSERT of run events after each run batch
+    assert client.count() == 8
     assert await storage.due_schedules(T0, limit=10) == []
 
 
@@ -167,7 +171,7 @@ async def test_every_job_is_labelled_capped_and_parameterized(
     await storage.insert_schedule(_schedules(1)[0])
     await storage.list_schedules(tenant_id="t", enabled=True)
 
-    assert client.count() == 16  # 10 + 2 writer-lease jobs around each of the 3 inserts
+    assert client.count() == 17  # 10 + 2 writer-lease jobs around each of the 3 inserts + 1 of run events
     for job in client.jobs:
         assert job.config.labels["app"] == "pipestate"
         # pipestate_<operation>_<call>_<attempt>
@@ -177,6 +181,7 @@ async def test_every_job_is_labelled_capped_and_parameterized(
         assert "marker" not in job.sql  # values travel as parameters
     assert {j.operation for j in client.jobs} == {
         "insert_runs",
+        "append_events",
         "get_runs",
         "find_runs",
         "count_runs_by_state",
