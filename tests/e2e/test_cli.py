@@ -7,7 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from tests.e2e.conftest import Cli
 
-START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+
+def hours_ago(hours: int) -> datetime:
+    """The top of the hour ``hours`` before now, read when the test runs (not when it is collected)."""
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours)
 
 
 def assert_one_line_error(stderr: str, fragment: str) -> None:
@@ -18,6 +21,8 @@ def assert_one_line_error(stderr: str, fragment: str) -> None:
 
 
 def test_schedule_tick_work_and_report_through_the_cli(cli: Cli) -> None:
+    start = hours_ago(3)
+    now = (start + timedelta(hours=3, seconds=10)).isoformat()  # the tick's clock: no hour can turn
     assert "initialized" in cli("init").stdout
     added = cli(
         "schedule",
@@ -29,7 +34,7 @@ def test_schedule_tick_work_and_report_through_the_cli(cli: Cli) -> None:
         "--priority",
         "2",
         "--start",
-        START.isoformat(),
+        start.isoformat(),
         "--config",
         '{"table": "orders"}',
     )
@@ -46,8 +51,8 @@ def test_schedule_tick_work_and_report_through_the_cli(cli: Cli) -> None:
     assert [s["enabled"] for s in cli.json("schedule", "list", "--tenant", "globex")] == [False]
     assert "resumed" in cli("schedule", "resume", "globex", "report").stdout
 
-    tick = cli.json("tick")
-    again = cli.json("tick")
+    tick = cli.json("tick", "--now", now)
+    again = cli.json("tick", "--now", now)
     assert (tick["runs_created"], tick["runs_skipped"], tick["items_enqueued"]) == (4, 3, 1)
     assert (again["runs_created"], again["items_enqueued"]) == (0, 0)
 
