@@ -323,6 +323,14 @@ class SqlAlchemyStorage:
             rows = await self._sessions.run_postgres(name, lambda conn, _a: pg.fetch(conn, statement, params))
         return rows[0] if rows else None
 
+    async def _sqlite_many(self, name: str, statement: str, batch: list[dict[str, Any]]) -> int:
+        """One SQLite transaction running ``statement`` for every row of ``batch``."""
+        hot = self._sqlite
+        assert hot is not None
+        return await self._sessions.run_sqlite(
+            name, lambda cursor: hot.execute_many(cursor, statement, batch), rows=len(batch)
+        )
+
     async def _hot_cas_many(self, name: str, statement: str, get: str, batch: list[dict[str, Any]]) -> int:
         """One transaction of compare-and-sets, sent as one executemany.
 
@@ -332,10 +340,7 @@ class SqlAlchemyStorage:
         if not batch:
             return 0
         if self._sqlite is not None:
-            hot = self._sqlite
-            return await self._sessions.run_sqlite(
-                name, lambda cursor: hot.execute_many(cursor, statement, batch), rows=len(batch)
-            )
+            return await self._sqlite_many(name, statement, batch)
         pg = self._pg
         assert pg is not None
         mutable = tuple(k for k in batch[0] if not k.startswith("b_"))
@@ -585,10 +590,7 @@ class SqlAlchemyStorage:
         if not batch:
             return 0
         if self._sqlite is not None:
-            hot = self._sqlite
-            return await self._sessions.run_sqlite(
-                name, lambda cursor: hot.execute_many(cursor, statement, batch), rows=len(batch)
-            )
+            return await self._sqlite_many(name, statement, batch)
         pg = self._pg
         assert pg is not None
 
